@@ -1,0 +1,169 @@
+//! The private admin listener: `/metrics`, `/healthz`, `/readyz`, and, with the bearer token,
+//! `POST /admin/reload`, `PUT /admin/links`, `GET /admin/links/{id}`.
+//! Without `CARTLINK_ADMIN_TOKEN` the `/admin/*` routes answer 404.
+
+use crate::config::{process_env, HttpConfig};
+use crate::redirect::Body;
+use crate::state::{App, ReloadError};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::Request;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Largest `PUT /admin/links` body: a million links is about 250 MiB of JSON Lines.
+const MAX_LINKS_BODY: usize = 512 << 20;
+
+#[derive(Clone)]
+pub struct Admin {
+    app: Arc<App>,
+}
+
+impl Admin {
+    pub fn new(app: Arc<App>, _http: HttpConfig) -> Admin {
+        Admin { app }
+    }
+}
+
+impl Service<Request<Incoming>> for Admin {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let app = self.app.clone();
+        Box::pin(async move { Ok(route(app, req).await) })
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(&value).unwrap_or_default();
+    body.push(b'\n');
+    text(status, body, "application/json")
+}
+
+/// Constant-time comparison of the presented bearer token.
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(token) = app.admin_token.as_deref() else {
+        return false;
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    presented.len() == token.len() && bool::from(presented.ct_eq(token.as_bytes()))
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => text(StatusCode::OK, app.metrics.render(), "text/plain; version=0.0.4"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain"),
+        (&Method::GET, "/readyz") if app.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
+        }
+        (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n", "text/plain"),
+        (_, p) if p.starts_with("/admin/") => {
+            if app.admin_token.is_none() {
+                return text(StatusCode::NOT_FOUND, "not found\n", "text/plain");
+            }
+            if !authorized(&app, &req) {
+                let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n", "text/plain");
+                r.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            admin_api(app, req, path).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Response<Body> {
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/admin/reload") => {
+            let result = tokio::task::spawn_blocking({
+                let app = app.clone();
+                move || app.reload(&process_env)
+            })
+            .await;
+            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Io(e.to_string()))))
+        }
+        (Method::PUT, "/admin/links") => {
+            let body = match Limited::new(req.into_body(), MAX_LINKS_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        serde_json::json!({"error": e.to_string()}),
+                    )
+                }
+            };
+            let Ok(text) = String::from_utf8(body.to_vec()) else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "body is not UTF-8"}),
+                );
+            };
+            let result = tokio::task::spawn_blocking({
+                let app = app.clone();
+                move || app.replace_links(&text)
+            })
+            .await;
+            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Io(e.to_string()))))
+        }
+        (Method::GET, p) if p.starts_with("/admin/links/") => {
+            let id = &p["/admin/links/".len()..];
+            let snap = app.state.load();
+            match snap.links.get(id.as_bytes()) {
+                Some(link) => {
+                    let (head, tail) = link.target.plain();
+                    json(
+                        StatusCode::OK,
+                        serde_json::json!({
+                            "id": &*link.id,
+                            "creator": &*link.creator,
+                            "campaign": &*link.campaign,
+                            "paused": link.paused,
+                            "redirect": link.redirect,
+                            "target_type": link.target.target_type.as_str(),
+                            "destination": format!("{head}{tail}"),
+                            "sig": snap.keys.sign(&link.id),
+                            "max_clicks": link.max_clicks,
+                            "human_clicks": link.clicks.load(std::sync::atomic::Ordering::Relaxed),
+                            "generation": snap.generation,
+                        }),
+                    )
+                }
+                None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such link"})),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+fn reload_answer(result: Result<u64, ReloadError>) -> Response<Body> {
+    match result {
+        Ok(generation) => json(StatusCode::OK, serde_json::json!({"generation": generation})),
+        Err(e) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}

@@ -1,0 +1,180 @@
+//! Who is clicking, decided in memory during the request: device class, bot or human,
+//! and the anonymised client address that records carry.
+
+use crate::clicks::Device;
+use aho_corasick::AhoCorasick;
+use http::HeaderMap;
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+/// Link-preview crawlers, search bots and scanners, matched case-insensitively anywhere in
+/// the User-Agent. Previews still get their redirect; they are never counted as clicks.
+const BOT_PATTERNS: &[&str] = &[
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "facebookexternalhit",
+    "facebookcatalog",
+    "meta-externalagent",
+    "meta-externalfetcher",
+    "whatsapp",
+    "telegrambot",
+    "slackbot",
+    "slack-imgproxy",
+    "discordbot",
+    "twitterbot",
+    "linkedinbot",
+    "pinterest",
+    "embedly",
+    "skypeuripreview",
+    "iframely",
+    "vkshare",
+    "redditbot",
+    "applebot",
+    "bytespider",
+    "tiktokspider",
+    "headlesschrome",
+    "lighthouse",
+    "curl/",
+    "wget/",
+    "python-requests",
+    "python-urllib",
+    "go-http-client",
+    "okhttp/",
+    "java/",
+    "libwww-perl",
+    "httpclient",
+    "preview",
+    "scanner",
+    "monitor",
+    "proofpoint",
+    "mimecast",
+    "barracuda",
+];
+
+static BOTS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(BOT_PATTERNS)
+        .expect("static patterns build")
+});
+
+/// True for crawlers, previews and prefetches: an empty or bot User-Agent, or a request that
+/// says it is a prefetch or preview.
+pub fn is_bot(headers: &HeaderMap) -> bool {
+    let ua = headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
+    if ua.is_empty() || BOTS.is_match(ua) {
+        return true;
+    }
+    let says = |name: &str, what: &[u8]| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes().windows(what.len()).any(|w| w.eq_ignore_ascii_case(what)))
+    };
+    says("sec-purpose", b"prefetch")
+        || says("purpose", b"prefetch")
+        || says("x-purpose", b"preview")
+        || says("x-moz", b"prefetch")
+}
+
+/// Device class from the User-Agent.
+pub fn device(headers: &HeaderMap) -> Device {
+    let ua = headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
+    let has = |needle: &[u8]| memchr::memmem::find(ua, needle).is_some();
+    if has(b"iPhone") || has(b"iPad") || has(b"iPod") {
+        Device::Ios
+    } else if has(b"Android") {
+        Device::Android
+    } else if has(b"Windows") || has(b"Macintosh") || has(b"X11") || has(b"CrOS") {
+        Device::Desktop
+    } else {
+        Device::Other
+    }
+}
+
+/// IPv4 to its /24, IPv6 to its /48: what records and logs may carry.
+pub fn anonymize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => anonymize(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+/// The host of a Referer header, lower-cased; `None` when absent or not a URL with a host.
+pub fn referer_host(headers: &HeaderMap) -> Option<Box<str>> {
+    let r = headers.get(http::header::REFERER)?.to_str().ok()?;
+    let rest = r.split_once("://")?.1;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host
+    } else {
+        host.split(':').next()?
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    ok.then(|| host.to_ascii_lowercase().into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ua(s: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::USER_AGENT, HeaderValue::from_str(s).unwrap());
+        h
+    }
+
+    #[test]
+    fn previews_are_bots_browsers_are_not() {
+        for b in [
+            "facebookexternalhit/1.1",
+            "WhatsApp/2.23",
+            "TelegramBot (like TwitterBot)",
+            "Slackbot-LinkExpanding 1.0",
+            "",
+        ] {
+            assert!(is_bot(&ua(b)), "{b}");
+        }
+        let insta = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0";
+        assert!(!is_bot(&ua(insta)));
+        assert_eq!(device(&ua(insta)), Device::Ios);
+        let mut h = ua(insta);
+        h.insert("sec-purpose", HeaderValue::from_static("prefetch;prerender"));
+        assert!(is_bot(&h));
+    }
+
+    #[test]
+    fn anonymises_to_prefixes() {
+        assert_eq!(anonymize("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0");
+        assert_eq!(
+            anonymize("2001:db8:1234:5678::1".parse().unwrap()).to_string(),
+            "2001:db8:1234::"
+        );
+    }
+
+    #[test]
+    fn referer_hosts() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::REFERER,
+            HeaderValue::from_static("https://L.Instagram.com:443/path?x=1"),
+        );
+        assert_eq!(referer_host(&h).as_deref(), Some("l.instagram.com"));
+    }
+}

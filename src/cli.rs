@@ -1,0 +1,193 @@
+//! The three commands: `serve`, `mint`, `check`.
+
+use crate::config::{process_env, Config, Settings};
+use crate::links::{self, LinkTable};
+use crate::metrics::Metrics;
+use crate::state::App;
+use crate::{clicks, server};
+use anyhow::{bail, Context};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub fn settings(config: &Path, explicit: bool) -> anyhow::Result<Settings> {
+    let cfg = Config::load(config, explicit, &process_env)?;
+    Ok(cfg.validate(&process_env)?)
+}
+
+/// `cartlink check`: config, links file and geo database; the first problem and where.
+pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
+    let s = settings(config, explicit)?;
+    let table = links::load(&s.links)?;
+    crate::state::brand_fallback(&s).map_err(anyhow::Error::msg)?;
+    if let Some(geo) = &s.geoip {
+        bail!(
+            "{}: geo databases are not supported yet (set `geoip` to empty)",
+            geo.display()
+        );
+    }
+    Ok(format!(
+        "ok: {} links in {}, sink {:?}\n",
+        table.len(),
+        s.links.display(),
+        s.sink
+    ))
+}
+
+/// `cartlink mint`: public signed URLs.
+pub fn mint(config: &Path, explicit: bool, id: Option<&str>, sub: Option<&str>, all: bool) -> anyhow::Result<String> {
+    let s = settings(config, explicit)?;
+    let table = links::load(&s.links)?;
+    let url_for = |id: &str| -> String {
+        let mut u = s.public_base_url.clone();
+        let token = format!("{id}.{}", s.secrets.keys.sign(id));
+        u.set_path(&token);
+        if let Some(sub) = sub {
+            u.query_pairs_mut().append_pair("sub", sub);
+        }
+        u.into()
+    };
+    if all {
+        return Ok(table
+            .sorted_ids()
+            .into_iter()
+            .map(|id| format!("{id}\t{}\n", url_for(id)))
+            .collect());
+    }
+    let Some(id) = id else {
+        bail!("give a LINK_ID, or --all")
+    };
+    if table.get(id.as_bytes()).is_none() {
+        bail!("no link `{id}` in {}", s.links.display());
+    }
+    Ok(format!("{}\n", url_for(id)))
+}
+
+/// `cartlink serve`: runs until SIGTERM/SIGINT, then drains and exits.
+pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
+    let s = settings(config, explicit)?;
+    if s.secrets.demo_key {
+        tracing::warn!("CARTLINK_SIGNING_KEYS is not set: signing with the PUBLIC DEMO KEY. Anyone can mint links. Never run this in production.");
+    }
+    if s.geoip.is_some() {
+        bail!("geo databases are not supported yet (set `geoip` to empty)");
+    }
+    let started = Instant::now();
+    let table: LinkTable = links::load(&s.links)?;
+    tracing::info!(links = table.len(), ms = started.elapsed().as_millis() as u64, file = %s.links.display(), "links loaded");
+
+    let metrics = Metrics::new();
+    let (recorder, pipeline) = clicks::start(&s.sink, &s.pipeline, metrics.clone(), s.edge.clone())?;
+    let app = Arc::new(App::new(&s, table, recorder, metrics, config, explicit).map_err(anyhow::Error::msg)?);
+
+    let workers = if s.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        s.workers
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    let grace = s.drain_grace;
+    rt.block_on(async {
+        let public = tokio::net::TcpListener::bind(s.listen)
+            .await
+            .with_context(|| format!("listen {}", s.listen))?;
+        let admin = tokio::net::TcpListener::bind(s.admin_listen)
+            .await
+            .with_context(|| format!("admin_listen {}", s.admin_listen))?;
+        // One line on stdout that scripts and tests read to find the ports (either may be :0).
+        println!(
+            "cartlink listening public={} admin={}",
+            public.local_addr()?,
+            admin.local_addr()?
+        );
+        tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, workers, "serving");
+
+        spawn_reload_on_hup(app.clone());
+        if let Some(every) = s.watch_links {
+            tokio::spawn(watch_links(app.clone(), every));
+        }
+        tokio::spawn({
+            let m = app.metrics.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    m.upkeep();
+                }
+            }
+        });
+        server::run(
+            app.clone(),
+            public,
+            admin,
+            s.http.clone(),
+            s.drain_delay,
+            grace,
+            terminate(),
+        )
+        .await;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("flushing queued clicks");
+    pipeline.shutdown(Instant::now() + grace);
+    drop(rt);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn terminate() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn spawn_reload_on_hup(app: Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let app = app.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(g) = app.reload(&process_env) {
+                    tracing::info!(generation = g, "SIGHUP reload done");
+                }
+            })
+            .await;
+        }
+    });
+}
+
+/// Polls the links file; reloads once a change has been stable for one interval, so a file
+/// being written is not read half-way.
+async fn watch_links(app: Arc<App>, every: Duration) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    };
+    let mut loaded = stamp(&app.links_path());
+    let mut pending = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let path = app.links_path();
+        let now = stamp(&path);
+        if now == loaded {
+            pending = None;
+            continue;
+        }
+        if pending != Some(now) {
+            pending = Some(now);
+            continue;
+        }
+        loaded = now;
+        pending = None;
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.reload(&process_env)).await;
+    }
+}

@@ -1,0 +1,126 @@
+//! The click record, schema version 1 (see the spec): one JSON object per line.
+
+use crate::links::{Link, TargetType};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+use time::macros::format_description;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Ios,
+    Android,
+    Desktop,
+    Other,
+}
+
+/// Which of the link's destinations answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Target,
+    Geo,
+    Variant(u8),
+    /// Paused, expired or capped: the link's fallback (or the brand's).
+    Fallback,
+}
+
+/// One click, as the redirect path saw it. Strings of the link are shared, not copied.
+#[derive(Debug)]
+pub struct Click {
+    pub click_id: uuid::Uuid,
+    pub ts_ms: u64,
+    pub link: Arc<Link>,
+    pub sub: Option<Box<str>>,
+    pub country: Option<[u8; 2]>,
+    pub device: Device,
+    pub bot: bool,
+    /// `None` until the unique-visitor filter runs.
+    pub unique: Option<bool>,
+    pub referer_host: Option<Box<str>>,
+    /// Already anonymised: IPv4 /24, IPv6 /48.
+    pub ip: IpAddr,
+    pub served: Served,
+    pub target_type: TargetType,
+    pub status: u16,
+    /// Under `first_click`, the earlier click this visit stays attributed to.
+    pub attributed_to: Option<uuid::Uuid>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    v: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    click_id: uuid::fmt::Hyphenated,
+    ts: &'a str,
+    link_id: &'a str,
+    creator: &'a str,
+    campaign: &'a str,
+    sub: Option<&'a str>,
+    country: Option<&'a str>,
+    device: Device,
+    bot: bool,
+    unique: Option<bool>,
+    referer_host: Option<&'a str>,
+    ip: String,
+    target_type: &'static str,
+    served: &'static str,
+    variant: Option<u8>,
+    oos: [u64; 0],
+    status: u16,
+    attributed_to: Option<uuid::fmt::Hyphenated>,
+    edge: &'a str,
+}
+
+/// `2026-11-27T03:35:32.123Z`
+pub fn rfc3339_ms(ts_ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    ))
+    .unwrap_or_default()
+}
+
+impl Click {
+    /// Appends the record and a newline to `out`.
+    pub fn encode(&self, edge: &str, out: &mut Vec<u8>) {
+        let ts = rfc3339_ms(self.ts_ms);
+        let country = self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok());
+        let wire = Wire {
+            v: 1,
+            kind: "click",
+            click_id: self.click_id.hyphenated(),
+            ts: &ts,
+            link_id: &self.link.id,
+            creator: &self.link.creator,
+            campaign: &self.link.campaign,
+            sub: self.sub.as_deref(),
+            country,
+            device: self.device,
+            bot: self.bot,
+            unique: self.unique,
+            referer_host: self.referer_host.as_deref(),
+            ip: self.ip.to_string(),
+            target_type: self.target_type.as_str(),
+            served: match self.served {
+                Served::Target => "target",
+                Served::Geo => "geo",
+                Served::Variant(_) => "variant",
+                Served::Fallback => "fallback",
+            },
+            variant: match self.served {
+                Served::Variant(i) => Some(i),
+                _ => None,
+            },
+            oos: [],
+            status: self.status,
+            attributed_to: self.attributed_to.map(|u| u.hyphenated()),
+            edge,
+        };
+        // Writing into a Vec cannot fail, and every field serializes.
+        serde_json::to_writer(&mut *out, &wire).expect("click record serializes");
+        out.push(b'\n');
+    }
+}

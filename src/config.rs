@@ -1,0 +1,561 @@
+//! Configuration: a TOML file, every key overridable by environment, validated into
+//! [`Settings`]. Only `Settings` reach the server; the raw structs stop here.
+//!
+//! Environment names: top-level keys are `CARTLINK_<KEY>` (`listen` → `CARTLINK_LISTEN`), keys
+//! in a section are `CARTLINK_<SECTION>_<KEY>` (`[cookie] domain` → `CARTLINK_COOKIE_DOMAIN`).
+//! Lists are comma-separated. Secrets never live in the file: they come from
+//! `CARTLINK_SIGNING_KEYS`, `CARTLINK_ADMIN_TOKEN`, `CARTLINK_SHOPIFY_WEBHOOK_SECRETS`, or from
+//! a file named by the same variable with `_FILE` appended.
+
+use crate::links::signature::KeyRing;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG: &str = "config/cartlink.toml";
+
+/// The demo signing key used when none is configured; public, so links signed with it prove
+/// nothing. `serve` warns loudly when it is in use.
+pub const DEMO_SIGNING_KEYS: &str = "demo:Y2FydGxpbmstZGVtby1rZXktZG8tbm90LXVzZS1pbi1wcm9k";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub admin_listen: String,
+    pub links: String,
+    pub sink: String,
+    pub data_dir: String,
+    /// MaxMind-format country database; empty: country unknown.
+    pub geoip: String,
+    pub trusted_proxies: Vec<String>,
+    /// Runtime worker threads; 0: one per core.
+    pub workers: usize,
+    /// Instance name written into every click record; empty: the host name.
+    pub edge: String,
+    /// Where links are served from publicly, for `cartlink mint`.
+    pub public_base_url: String,
+    /// Brand-wide fallback for paused, expired or capped links without their own.
+    pub fallback: String,
+    /// How often the links file is checked for changes; 0: never (SIGHUP and the admin API
+    /// still reload).
+    pub watch_links_ms: u64,
+    pub cookie: CookieConfig,
+    pub drain: DrainConfig,
+    pub pipeline: PipelineConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieConfig {
+    pub name: String,
+    /// The brand's registrable domain (`brand.example`); empty: host-only cookie.
+    pub domain: String,
+    pub window_days: u64,
+    /// `last_click` or `first_click`.
+    pub policy: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// After SIGTERM, `/readyz` answers 503 and the listener keeps serving this long, so the
+    /// CDN stops sending before connections close.
+    pub delay_ms: u64,
+    /// Longest wait for in-flight requests and the click flush after the listener closes.
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub queue_capacity: usize,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    pub batch_max_age_ms: u64,
+    /// The file sink starts a new file past this size…
+    pub file_max_bytes: u64,
+    /// …or this age.
+    pub file_max_age_s: u64,
+    /// Longest time written clicks stay in the page cache before `fdatasync`.
+    pub file_fsync_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub header_read_timeout_ms: u64,
+    pub max_headers: usize,
+    pub keepalive_idle_ms: u64,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            links: "config/links.example.jsonl".into(),
+            sink: "file://./data/clicks".into(),
+            data_dir: "./data".into(),
+            geoip: String::new(),
+            trusted_proxies: Vec::new(),
+            workers: 0,
+            edge: String::new(),
+            public_base_url: "http://localhost:8080".into(),
+            fallback: String::new(),
+            watch_links_ms: 1000,
+            cookie: CookieConfig::default(),
+            drain: DrainConfig::default(),
+            pipeline: PipelineConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: "cl_att".into(),
+            domain: String::new(),
+            window_days: 30,
+            policy: "last_click".into(),
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            delay_ms: 0,
+            grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity: 65_536,
+            batch_max_records: 1_000,
+            batch_max_bytes: 1 << 20,
+            batch_max_age_ms: 200,
+            file_max_bytes: 64 << 20,
+            file_max_age_s: 3600,
+            file_fsync_ms: 1000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 10_000,
+            max_headers: 64,
+            keepalive_idle_ms: 75_000,
+            h2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookiePolicy {
+    LastClick,
+    FirstClick,
+}
+
+/// The attribution cookie, with its attribute suffix rendered once.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    pub name: String,
+    pub policy: CookiePolicy,
+    pub window: Duration,
+    /// `; Max-Age=…; Domain=…; Path=/; Secure; HttpOnly; SameSite=Lax`
+    pub attributes: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSettings {
+    File { dir: PathBuf },
+    Http { url: String },
+    Nats { server: String, subject: String },
+}
+
+/// Validated settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub links: PathBuf,
+    pub sink: SinkSettings,
+    pub data_dir: PathBuf,
+    pub geoip: Option<PathBuf>,
+    pub trusted_proxies: Vec<String>,
+    pub workers: usize,
+    pub edge: String,
+    pub public_base_url: url::Url,
+    pub fallback: Option<String>,
+    pub watch_links: Option<Duration>,
+    pub cookie: CookieSettings,
+    pub drain_delay: Duration,
+    pub drain_grace: Duration,
+    pub pipeline: PipelineConfig,
+    pub http: HttpConfig,
+    pub secrets: Secrets,
+}
+
+pub struct Secrets {
+    pub keys: std::sync::Arc<KeyRing>,
+    pub demo_key: bool,
+    pub admin_token: Option<String>,
+    pub shopify_webhook_secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("keys", &self.keys)
+            .field("demo_key", &self.demo_key)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("shopify_webhook_secrets", &self.shopify_webhook_secrets.len())
+            .finish()
+    }
+}
+
+/// A configuration problem and where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Parse { path: String, line: usize, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads environment variables; a function so tests can pass their own.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// The file (if it exists, or if it was named explicitly) with the environment on top.
+    pub fn load(path: &Path, explicit: bool, env: Env) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                // Deserialized once on its own so errors point at the file's own lines.
+                toml::from_str::<Config>(&text).map_err(|e| parse_error(path, &text, e))?;
+                let file: toml::Table = toml::from_str(&text).map_err(|e| parse_error(path, &text, e))?;
+                merge(&mut value, toml::Value::Table(file));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        overlay_env(&mut value, "CARTLINK", env)?;
+        let text = toml::to_string(&value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid(format!("environment: {}", e.message())))
+    }
+
+    /// Validates everything, collecting every problem.
+    pub fn validate(self, env: Env) -> Result<Settings, ConfigError> {
+        let mut errs: Vec<String> = Vec::new();
+        let addr = |name: &str, v: &str, errs: &mut Vec<String>| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| errs.push(format!("{name} `{v}` is not host:port")))
+                .ok()
+        };
+        let listen = addr("listen", &self.listen, &mut errs);
+        let admin_listen = addr("admin_listen", &self.admin_listen, &mut errs);
+        let sink = parse_sink(&self.sink).map_err(|e| errs.push(e)).ok();
+        let public_base_url = url::Url::parse(&self.public_base_url)
+            .map_err(|e| errs.push(format!("public_base_url `{}`: {e}", self.public_base_url)))
+            .ok();
+        let fallback = (!self.fallback.is_empty()).then(|| self.fallback.clone());
+        if let Some(f) = &fallback {
+            if !f.starts_with("https://") || url::Url::parse(f).is_err() {
+                errs.push(format!("fallback `{f}` must be an https URL"));
+            }
+        }
+        let policy = match self.cookie.policy.as_str() {
+            "last_click" => CookiePolicy::LastClick,
+            "first_click" => CookiePolicy::FirstClick,
+            other => {
+                errs.push(format!("cookie.policy `{other}` must be `last_click` or `first_click`"));
+                CookiePolicy::LastClick
+            }
+        };
+        let name_ok = !self.cookie.name.is_empty()
+            && self.cookie.name.len() <= 64
+            && self
+                .cookie
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            errs.push(format!(
+                "cookie.name `{}` must be 1-64 of [A-Za-z0-9_-]",
+                self.cookie.name
+            ));
+        }
+        if self.cookie.name.starts_with("__Host-") && !self.cookie.domain.is_empty() {
+            errs.push("cookie.domain must be empty for a `__Host-` cookie".into());
+        }
+        let domain_ok = self
+            .cookie
+            .domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !domain_ok {
+            errs.push(format!("cookie.domain `{}` is not a domain name", self.cookie.domain));
+        }
+        if !(1..=400).contains(&self.cookie.window_days) {
+            errs.push("cookie.window_days must be 1-400 (browsers cap cookies at 400 days)".into());
+        }
+        let p = &self.pipeline;
+        if p.queue_capacity == 0 || p.batch_max_records == 0 || p.batch_max_bytes == 0 || p.batch_max_age_ms == 0 {
+            errs.push("pipeline sizes and ages must be above 0".into());
+        }
+        if self.http.max_headers == 0 || self.http.header_read_timeout_ms == 0 {
+            errs.push("http.max_headers and http.header_read_timeout_ms must be above 0".into());
+        }
+        let secrets = load_secrets(env).map_err(|e| errs.push(e)).ok();
+        if !errs.is_empty() {
+            return Err(ConfigError::Invalid(errs.join("\n")));
+        }
+        let window = Duration::from_secs(self.cookie.window_days * 86_400);
+        let mut attributes = format!("; Max-Age={}", window.as_secs());
+        if !self.cookie.domain.is_empty() {
+            attributes.push_str("; Domain=");
+            attributes.push_str(&self.cookie.domain);
+        }
+        attributes.push_str("; Path=/; Secure; HttpOnly; SameSite=Lax");
+        let edge = if self.edge.is_empty() {
+            hostname()
+        } else {
+            self.edge.clone()
+        };
+        let some = "checked above";
+        Ok(Settings {
+            listen: listen.expect(some),
+            admin_listen: admin_listen.expect(some),
+            links: PathBuf::from(&self.links),
+            sink: sink.expect(some),
+            data_dir: PathBuf::from(&self.data_dir),
+            geoip: (!self.geoip.is_empty()).then(|| PathBuf::from(&self.geoip)),
+            trusted_proxies: self.trusted_proxies.clone(),
+            workers: self.workers,
+            edge,
+            public_base_url: public_base_url.expect(some),
+            fallback,
+            watch_links: (self.watch_links_ms > 0).then(|| Duration::from_millis(self.watch_links_ms)),
+            cookie: CookieSettings {
+                name: self.cookie.name.clone(),
+                policy,
+                window,
+                attributes,
+            },
+            drain_delay: Duration::from_millis(self.drain.delay_ms),
+            drain_grace: Duration::from_millis(self.drain.grace_ms),
+            pipeline: self.pipeline.clone(),
+            http: self.http.clone(),
+            secrets: secrets.expect(some),
+        })
+    }
+}
+
+fn parse_error(path: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError::Parse {
+        path: path.display().to_string(),
+        line,
+        message: e.message().to_string(),
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Every leaf of the (defaults + file) tree can be replaced by `PREFIX_<PATH>`.
+fn overlay_env(value: &mut toml::Value, prefix: &str, env: Env) -> Result<(), ConfigError> {
+    let toml::Value::Table(table) = value else {
+        return Ok(());
+    };
+    for (key, slot) in table.iter_mut() {
+        let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+        if slot.is_table() {
+            overlay_env(slot, &name, env)?;
+            continue;
+        }
+        let Some(text) = env(&name) else { continue };
+        let bad = |what: &str| ConfigError::Invalid(format!("{name}=`{text}` is not {what}"));
+        *slot = match slot {
+            toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?),
+            toml::Value::Boolean(_) => toml::Value::Boolean(text.trim().parse().map_err(|_| bad("true or false"))?),
+            toml::Value::Array(_) => toml::Value::Array(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.into()))
+                    .collect(),
+            ),
+            _ => toml::Value::String(text.clone()),
+        };
+    }
+    Ok(())
+}
+
+fn parse_sink(text: &str) -> Result<SinkSettings, String> {
+    if let Some(rest) = text.strip_prefix("file://") {
+        if rest.is_empty() {
+            return Err("sink `file://` needs a directory".into());
+        }
+        return Ok(SinkSettings::File {
+            dir: PathBuf::from(rest),
+        });
+    }
+    if text.starts_with("http://") || text.starts_with("https://") {
+        url::Url::parse(text).map_err(|e| format!("sink `{text}`: {e}"))?;
+        return Ok(SinkSettings::Http { url: text.into() });
+    }
+    if text.starts_with("nats://") {
+        let u = url::Url::parse(text).map_err(|e| format!("sink `{text}`: {e}"))?;
+        let subject = u.path().trim_start_matches('/').to_string();
+        if subject.is_empty() {
+            return Err(format!("sink `{text}` needs a subject: nats://host:port/subject"));
+        }
+        let host = u.host_str().unwrap_or("127.0.0.1");
+        return Ok(SinkSettings::Nats {
+            server: format!("{host}:{}", u.port().unwrap_or(4222)),
+            subject,
+        });
+    }
+    Err(format!(
+        "sink `{text}` must start with file://, http://, https:// or nats://"
+    ))
+}
+
+/// A secret from `NAME`, or from the file named by `NAME_FILE`.
+fn secret(env: Env, name: &str) -> Result<Option<String>, String> {
+    if let Some(v) = env(name) {
+        return Ok(Some(v.trim().to_string()).filter(|v| !v.is_empty()));
+    }
+    let file_var = format!("{name}_FILE");
+    match env(&file_var) {
+        Some(path) => std::fs::read_to_string(&path)
+            .map(|v| Some(v.trim().to_string()).filter(|v| !v.is_empty()))
+            .map_err(|e| format!("{file_var}: cannot read `{path}`: {e}")),
+        None => Ok(None),
+    }
+}
+
+fn load_secrets(env: Env) -> Result<Secrets, String> {
+    let (spec, demo_key) = match secret(env, "CARTLINK_SIGNING_KEYS")? {
+        Some(s) => (s, false),
+        None => (DEMO_SIGNING_KEYS.to_string(), true),
+    };
+    let keys = KeyRing::parse(&spec).map_err(|e| format!("CARTLINK_SIGNING_KEYS: {e}"))?;
+    let admin_token = secret(env, "CARTLINK_ADMIN_TOKEN")?;
+    if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err("CARTLINK_ADMIN_TOKEN must be at least 16 characters".into());
+    }
+    let shopify_webhook_secrets = secret(env, "CARTLINK_SHOPIFY_WEBHOOK_SECRETS")?
+        .map(|s| {
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Secrets {
+        keys: std::sync::Arc::new(keys),
+        demo_key,
+        admin_token,
+        shopify_webhook_secrets,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cartlink".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_overrides_every_level() {
+        let env = env_of(&[
+            ("CARTLINK_LISTEN", "127.0.0.1:1"),
+            ("CARTLINK_COOKIE_DOMAIN", "brand.example"),
+            ("CARTLINK_PIPELINE_QUEUE_CAPACITY", "7"),
+            ("CARTLINK_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.0/16"),
+        ]);
+        let c = Config::load(Path::new("/nonexistent.toml"), false, &env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.cookie.domain, "brand.example");
+        assert_eq!(c.pipeline.queue_capacity, 7);
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8", "192.168.0.0/16"]);
+        let s = c.validate(&env).unwrap();
+        assert!(s.secrets.demo_key);
+        assert!(s.cookie.attributes.contains("; Domain=brand.example"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let env = env_of(&[("CARTLINK_WORKERS", "many")]);
+        let e = Config::load(Path::new("/nonexistent.toml"), false, &env).unwrap_err();
+        assert!(e.to_string().contains("CARTLINK_WORKERS"), "{e}");
+        let env = env_of(&[("CARTLINK_SIGNING_KEYS", "k:c2hvcnQ")]);
+        let e = Config::default().validate(&env).unwrap_err().to_string();
+        assert!(e.contains("at least 32"), "{e}");
+        assert!(!e.contains("c2hvcnQ"), "secrets never echoed: {e}");
+    }
+
+    #[test]
+    fn file_errors_have_a_line() {
+        let dir = std::env::temp_dir().join(format!("cartlink-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nno_such_key = 1\n").unwrap();
+        let e = Config::load(&path, true, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("c.toml:") && e.contains("no_such_key"), "{e}");
+        std::fs::write(&path, "listen = \n").unwrap();
+        let e = Config::load(&path, true, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("c.toml:1"), "{e}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The links file as written by people: one JSON object per line (JSON Lines).
+//! These raw structs are parsed strictly (`deny_unknown_fields`) and never reach a request;
+//! `links::build` validates them into [`super::Link`]s.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    pub id: String,
+    pub creator: String,
+    pub campaign: String,
+    #[serde(default)]
+    pub discount: Option<String>,
+    #[serde(default)]
+    pub utm: Option<UtmConfig>,
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub fallback: Option<String>,
+    #[serde(default)]
+    pub redirect: Option<u16>,
+    #[serde(default)]
+    pub status: Option<StatusConfig>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Country code (ISO 3166 alpha-2) → target.
+    #[serde(default)]
+    pub geo: Option<BTreeMap<String, TargetConfig>>,
+    /// Weighted A/B targets; sticky per visitor.
+    #[serde(default)]
+    pub variants: Option<Vec<VariantConfig>>,
+    /// Human clicks, then `fallback`.
+    #[serde(default)]
+    pub max_clicks: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UtmConfig {
+    pub source: Option<String>,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
+    pub content: Option<String>,
+    pub term: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusConfig {
+    Active,
+    Paused,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    pub weight: u32,
+    pub target: TargetConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TargetConfig {
+    Url {
+        url: String,
+        /// `shopify`: apply the discount through Shopify's `/discount/CODE?redirect=PATH`.
+        #[serde(default)]
+        platform: Option<Platform>,
+    },
+    ShopifyCart {
+        shop: String,
+        items: Vec<ShopifyItem>,
+        #[serde(default)]
+        format: ShopifyFormat,
+        #[serde(default)]
+        locale: Option<String>,
+        /// Land on the online-store cart instead of checkout (legacy `/cart` format only).
+        #[serde(default)]
+        storefront: bool,
+    },
+    WoocommerceCart {
+        shop: String,
+        items: Vec<WooItem>,
+        #[serde(default)]
+        format: WooFormat,
+    },
+    BigcommerceCart {
+        shop: String,
+        items: Vec<BigItem>,
+        #[serde(default)]
+        format: BigFormat,
+    },
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    Shopify,
+    Generic,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyItem {
+    pub variant: u64,
+    pub qty: u32,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShopifyFormat {
+    /// Legacy `/cart/V:Q,…` permalink (carries cart attributes and `ref`).
+    #[default]
+    Cart,
+    /// UCP `/buy/V:Q,…` permalink, answered with 303.
+    Buy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WooItem {
+    pub product: u64,
+    #[serde(default)]
+    pub variation: Option<u64>,
+    pub qty: u32,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WooFormat {
+    /// Classic `/?add-to-cart=ID&quantity=N`: one product.
+    #[default]
+    AddToCart,
+    /// `/checkout-link/?products=ID:N,…&coupon=CODE`: several products, straight to checkout.
+    CheckoutLink,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigItem {
+    #[serde(default)]
+    pub product: Option<u64>,
+    #[serde(default)]
+    pub sku: Option<String>,
+    pub qty: u32,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BigFormat {
+    /// Stencil `/cart.php?action=add&product_id=…`: one product.
+    #[default]
+    Cart,
+    /// `/checkout/?products=ID:N,…&coupon=CODE`: a new cart on every visit.
+    Checkout,
+}

@@ -1,0 +1,173 @@
+//! Every metric cartlink exports: names, labels, units and buckets in one place.
+//!
+//! Pattern: `cartlink_<what>_<unit>[_total]`, base units, labels from small fixed sets only
+//! (never a link id or creator). Handles are registered once per server against its own
+//! recorder, so the hot path only touches atomics.
+//!
+//! Adding a metric: add the name constant, register it in [`Metrics::new`] with a description,
+//! list it in the README's metrics table, and assert it moves in a test.
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub const REQUESTS: &str = "cartlink_requests_total";
+pub const REQUEST_DURATION: &str = "cartlink_http_request_duration_seconds";
+pub const INFLIGHT: &str = "cartlink_inflight_requests";
+pub const SIGNATURE_FAILURES: &str = "cartlink_signature_failures_total";
+pub const CLICKS_ACCEPTED: &str = "cartlink_clicks_accepted_total";
+pub const CLICKS_DELIVERED: &str = "cartlink_clicks_delivered_total";
+pub const CLICKS_DROPPED: &str = "cartlink_clicks_dropped_total";
+pub const CLICKS_BUFFERED: &str = "cartlink_clicks_buffered";
+pub const SINK_UP: &str = "cartlink_sink_up";
+pub const SINK_ERRORS: &str = "cartlink_sink_errors_total";
+pub const BATCH_RECORDS: &str = "cartlink_batch_records";
+pub const FLUSH_DURATION: &str = "cartlink_sink_flush_duration_seconds";
+pub const CONFIG_GENERATION: &str = "cartlink_config_generation";
+pub const RELOADS: &str = "cartlink_config_reloads_total";
+pub const RELOAD_FAILURES: &str = "cartlink_config_reload_failures_total";
+pub const LINKS_LOADED: &str = "cartlink_links_loaded";
+pub const DRAINING: &str = "cartlink_draining";
+
+/// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
+/// redirect live, coarse above to still see pathological tails.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 1.0,
+];
+/// Sink flushes take from under a millisecond (file) to seconds (a slow collector).
+const FLUSH_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
+const BATCH_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+
+/// Request outcomes on the public listener: label `outcome` of `cartlink_requests_total`.
+#[derive(Clone)]
+pub struct Outcomes {
+    pub redirect: Counter,
+    pub fallback: Counter,
+    pub not_found: Counter,
+    pub bad_request: Counter,
+    pub method_not_allowed: Counter,
+}
+
+#[derive(Clone)]
+pub struct SignatureFailures {
+    pub malformed: Counter,
+    pub bad_mac: Counter,
+    pub unknown_link: Counter,
+}
+
+#[derive(Clone)]
+pub struct Drops {
+    pub queue_full: Counter,
+    pub shutdown: Counter,
+    pub sink_rejected: Counter,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+    pub outcomes: Outcomes,
+    pub duration: Histogram,
+    pub inflight: Gauge,
+    pub signature: SignatureFailures,
+    pub clicks_accepted: Counter,
+    pub clicks_delivered: Counter,
+    pub clicks_dropped: Drops,
+    pub clicks_buffered: Gauge,
+    pub sink_up: Gauge,
+    pub sink_errors: Counter,
+    pub batch_records: Histogram,
+    pub flush_duration: Histogram,
+    pub config_generation: Gauge,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    pub links_loaded: Gauge,
+    pub draining: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder: PrometheusRecorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_DURATION.into()), &FLUSH_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), &BATCH_BUCKETS))
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+            describe_counter!(REQUESTS, "Public requests by outcome.");
+            describe_histogram!(
+                REQUEST_DURATION,
+                Unit::Seconds,
+                "Time from request head parsed to response ready."
+            );
+            describe_gauge!(INFLIGHT, "Public requests being handled now.");
+            describe_counter!(SIGNATURE_FAILURES, "Link requests refused with 404, by reason.");
+            describe_counter!(CLICKS_ACCEPTED, "Click records handed to the pipeline.");
+            describe_counter!(CLICKS_DELIVERED, "Click records the sink acknowledged.");
+            describe_counter!(CLICKS_DROPPED, "Click records lost, by reason.");
+            describe_gauge!(CLICKS_BUFFERED, "Click records accepted but not yet delivered.");
+            describe_gauge!(SINK_UP, "1 when the last sink write succeeded.");
+            describe_counter!(SINK_ERRORS, "Failed sink writes.");
+            describe_histogram!(BATCH_RECORDS, "Records per batch written to the sink.");
+            describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time to write one batch to the sink.");
+            describe_gauge!(CONFIG_GENERATION, "Increments on every successful table load.");
+            describe_counter!(RELOADS, "Successful reloads.");
+            describe_counter!(RELOAD_FAILURES, "Rejected reloads; the previous table kept serving.");
+            describe_gauge!(LINKS_LOADED, "Links in the table being served.");
+            describe_gauge!(DRAINING, "1 after SIGTERM, while draining.");
+            let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
+            let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
+            let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
+            Metrics {
+                handle: handle.clone(),
+                outcomes: Outcomes {
+                    redirect: outcome("redirect"),
+                    fallback: outcome("fallback"),
+                    not_found: outcome("not_found"),
+                    bad_request: outcome("bad_request"),
+                    method_not_allowed: outcome("method_not_allowed"),
+                },
+                duration: histogram!(REQUEST_DURATION),
+                inflight: gauge!(INFLIGHT),
+                signature: SignatureFailures {
+                    malformed: sig("malformed"),
+                    bad_mac: sig("bad_mac"),
+                    unknown_link: sig("unknown_link"),
+                },
+                clicks_accepted: counter!(CLICKS_ACCEPTED),
+                clicks_delivered: counter!(CLICKS_DELIVERED),
+                clicks_dropped: Drops {
+                    queue_full: drop("queue_full"),
+                    shutdown: drop("shutdown"),
+                    sink_rejected: drop("sink_rejected"),
+                },
+                clicks_buffered: gauge!(CLICKS_BUFFERED),
+                sink_up: gauge!(SINK_UP),
+                sink_errors: counter!(SINK_ERRORS),
+                batch_records: histogram!(BATCH_RECORDS),
+                flush_duration: histogram!(FLUSH_DURATION),
+                config_generation: gauge!(CONFIG_GENERATION),
+                reloads: counter!(RELOADS),
+                reload_failures: counter!(RELOAD_FAILURES),
+                links_loaded: gauge!(LINKS_LOADED),
+                draining: gauge!(DRAINING),
+            }
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds histogram samples; called periodically so memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

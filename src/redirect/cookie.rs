@@ -1,0 +1,179 @@
+//! The attribution cookie: `NAME=base64url(payload ‖ mac)`.
+//!
+//! payload = `1` (version) ‖ click ID (16 bytes) ‖ issued-at (u64 BE, Unix seconds) ‖
+//! link id length (u8) ‖ link id ‖ creator length (u8) ‖ creator.
+//! mac = HMAC-SHA256(cookie key, NAME ‖ 0x00 ‖ payload), first 16 bytes; the cookie key is
+//! derived from the signing key, and every key of the ring verifies (rotation).
+//! Anything that does not verify — tampered, expired, oversized, or the name twice — is
+//! treated as absent, never as an error.
+
+use crate::links::signature::KeyRing;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::HeaderMap;
+
+const VERSION: u8 = 1;
+const MAC_LEN: usize = 16;
+/// Longest cookie value read: two 255-byte labels plus the fixed part, base64-encoded.
+const MAX_VALUE: usize = 800;
+
+/// What a valid cookie says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub click_id: uuid::Uuid,
+    pub issued_s: u64,
+    pub link_id: String,
+    pub creator: String,
+}
+
+/// Appends `NAME=VALUE` (without attributes) to `out`.
+pub fn write(
+    keys: &KeyRing,
+    name: &str,
+    click_id: &uuid::Uuid,
+    issued_s: u64,
+    link_id: &str,
+    creator: &str,
+    out: &mut String,
+) {
+    let mut payload = [0u8; 1 + 16 + 8 + 1 + 255 + 1 + 255 + MAC_LEN];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        payload[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    put(&[VERSION]);
+    put(click_id.as_bytes());
+    put(&issued_s.to_be_bytes());
+    // Ids are ≤ 64 bytes and creators ≤ 128 (validated at load), so the lengths fit in a u8.
+    put(&[link_id.len() as u8]);
+    put(link_id.as_bytes());
+    put(&[creator.len() as u8]);
+    put(creator.as_bytes());
+    let mac = keys.cookie_tag(&[name.as_bytes(), &[0], &payload[..n]]);
+    payload[n..n + MAC_LEN].copy_from_slice(&mac);
+    n += MAC_LEN;
+    out.push_str(name);
+    out.push('=');
+    URL_SAFE_NO_PAD.encode_string(&payload[..n], out);
+}
+
+/// The single valid, unexpired attribution cookie in the request, if there is exactly one.
+pub fn read(keys: &KeyRing, name: &str, headers: &HeaderMap, now_s: u64, window_s: u64) -> Option<Attribution> {
+    let mut found: Option<&[u8]> = None;
+    for header in headers.get_all(http::header::COOKIE) {
+        for pair in header.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if &pair[..eq] != name.as_bytes() {
+                continue;
+            }
+            if found.is_some() {
+                return None; // the same name twice: ambiguous, so neither counts
+            }
+            found = Some(&pair[eq + 1..]);
+        }
+    }
+    let value = found?;
+    if value.len() > MAX_VALUE {
+        return None;
+    }
+    let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+    if raw.len() < 1 + 16 + 8 + 2 + MAC_LEN {
+        return None;
+    }
+    let (payload, mac) = raw.split_at(raw.len() - MAC_LEN);
+    if !keys.cookie_verify(&[name.as_bytes(), &[0], payload], mac) {
+        return None;
+    }
+    if payload[0] != VERSION {
+        return None;
+    }
+    let click_id = uuid::Uuid::from_slice(&payload[1..17]).ok()?;
+    let issued_s = u64::from_be_bytes(payload[17..25].try_into().ok()?);
+    if issued_s > now_s + 300 || now_s.saturating_sub(issued_s) > window_s {
+        return None;
+    }
+    let rest = &payload[25..];
+    let (link_len, rest) = rest.split_first()?;
+    let (link, rest) = rest.split_at_checked(*link_len as usize)?;
+    let (creator_len, rest) = rest.split_first()?;
+    if rest.len() != *creator_len as usize {
+        return None;
+    }
+    Some(Attribution {
+        click_id,
+        issued_s,
+        link_id: String::from_utf8(link.to_vec()).ok()?,
+        creator: String::from_utf8(rest.to_vec()).ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn keys(spec: &str) -> KeyRing {
+        KeyRing::parse(spec).unwrap()
+    }
+    const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    const K2: &str = "k2:HxwdHhsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA";
+
+    fn headers(cookie: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        h
+    }
+
+    #[test]
+    fn round_trip_tamper_expiry_rotation() {
+        let k = keys(K1);
+        let id = uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+        let mut c = String::new();
+        write(&k, "cl_att", &id, 1_000_000, "jane-kit", "jane", &mut c);
+        let h = headers(&format!("other=1; {c}"));
+        let a = read(&k, "cl_att", &h, 1_000_010, 86_400).unwrap();
+        assert_eq!(
+            (a.click_id, a.link_id.as_str(), a.creator.as_str()),
+            (id, "jane-kit", "jane")
+        );
+        assert!(read(&k, "cl_att", &h, 1_000_000 + 86_401, 86_400).is_none(), "expired");
+        assert!(
+            read(&keys(&format!("{K2},{K1}")), "cl_att", &h, 1_000_010, 86_400).is_some(),
+            "old key still verifies"
+        );
+        assert!(
+            read(&keys(K2), "cl_att", &h, 1_000_010, 86_400).is_none(),
+            "unknown key"
+        );
+        assert!(
+            read(
+                &k,
+                "other_name",
+                &headers(&c.replacen("cl_att", "other_name", 1)),
+                1_000_010,
+                86_400
+            )
+            .is_none(),
+            "name is bound"
+        );
+        let twice = headers(&format!("{c}; {c}"));
+        assert!(
+            read(&k, "cl_att", &twice, 1_000_010, 86_400).is_none(),
+            "duplicates ignored"
+        );
+        let value = c.split_once('=').unwrap().1;
+        for i in 0..value.len() {
+            let mut b = value.as_bytes().to_vec();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let t = format!("cl_att={}", String::from_utf8(b).unwrap());
+            assert!(
+                read(&k, "cl_att", &headers(&t), 1_000_010, 86_400).is_none(),
+                "flip at {i}"
+            );
+        }
+    }
+}

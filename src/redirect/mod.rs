@@ -1,0 +1,344 @@
+//! The public request path, top to bottom: parse `/{id}.{sig}`, verify the signature, look the
+//! link up, pick its destination, fill in the click ID, attribution cookie and forwarded
+//! extras, answer, and hand the click record to the pipeline without waiting.
+//!
+//! Everything that can be rendered ahead is rendered at load time (see `links::destination`);
+//! per request this allocates the `Location` string, the `Set-Cookie` string, and the record.
+//! No locks and no awaits: the whole path is one synchronous function.
+
+pub mod cookie;
+
+use crate::audience;
+use crate::clicks::{Click, Served};
+use crate::config::CookiePolicy;
+use crate::links::destination::Extras;
+use crate::links::{Destination, Link, CLICK_ID_LEN, FORWARDABLE};
+use crate::state::{App, Snapshot};
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
+use http_body_util::Full;
+use rand::Rng;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub type Body = Full<Bytes>;
+
+const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_REFERRER: HeaderValue = HeaderValue::from_static("no-referrer");
+const REFERRER_POLICY: HeaderName = HeaderName::from_static("referrer-policy");
+/// Longest forwarded extra value; longer ones are dropped, not truncated.
+const MAX_EXTRA: usize = 200;
+/// `sub` (which post or video) is cleaned to these characters and capped.
+const MAX_SUB: usize = 64;
+
+/// Answers one public request.
+pub fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
+    let started = Instant::now();
+    app.metrics.inflight.increment(1.0);
+    let resp = route(app, method, uri, headers, peer);
+    app.metrics.inflight.decrement(1.0);
+    app.metrics.duration.record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
+    let m = &app.metrics;
+    let is_head = match *method {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            m.outcomes.method_not_allowed.increment(1);
+            return method_not_allowed();
+        }
+    };
+    if uri.path() == "/healthz" {
+        return health(app);
+    }
+    let snap = app.state.load();
+    let Some((id, sig)) = split_token(uri.path().as_bytes()) else {
+        m.signature.malformed.increment(1);
+        return not_found(app);
+    };
+    if !snap.keys.verify(id, sig) {
+        m.signature.bad_mac.increment(1);
+        return not_found(app);
+    }
+    let Some(link) = snap.links.get(id) else {
+        m.signature.unknown_link.increment(1);
+        return not_found(app);
+    };
+
+    let now_ms = now_ms();
+    let bot = is_head || audience::is_bot(headers);
+    let (dest, served) = choose(&snap, link, now_ms, bot, headers, peer);
+    let status = match served {
+        Served::Fallback => 302,
+        _ => link.redirect,
+    };
+
+    // Attribution: a new click ID for every GET; the cookie and cart carry it for humans.
+    let click_id = new_click_id(now_ms);
+    let mut attributed_to = None;
+    let mut set_cookie = None;
+    if !bot {
+        let c = &snap.cookie;
+        if c.policy == CookiePolicy::FirstClick {
+            attributed_to =
+                cookie::read(&snap.keys, &c.name, headers, now_ms / 1000, c.window.as_secs()).map(|a| a.click_id);
+        }
+        if attributed_to.is_none() {
+            let mut v = String::with_capacity(c.name.len() + 120 + c.attributes.len());
+            cookie::write(
+                &snap.keys,
+                &c.name,
+                &click_id,
+                now_ms / 1000,
+                &link.id,
+                &link.creator,
+                &mut v,
+            );
+            v.push_str(&c.attributes);
+            set_cookie = Some(v);
+        }
+    }
+
+    let mut sub = None;
+    let location = if bot {
+        let (head, tail) = dest.plain();
+        let mut loc = String::with_capacity(dest.plain_len());
+        loc.push_str(head);
+        loc.push_str(tail);
+        sub = uri.query().and_then(|q| read_query(q, dest, None));
+        loc
+    } else {
+        let mut loc = String::with_capacity(dest.head().len() + CLICK_ID_LEN + dest.tail().len() + 64);
+        loc.push_str(dest.head());
+        let mut idbuf = uuid::Uuid::encode_buffer();
+        loc.push_str(attributed_to.unwrap_or(click_id).hyphenated().encode_lower(&mut idbuf));
+        if let Some(q) = uri.query() {
+            sub = read_query(q, dest, Some(&mut loc));
+        }
+        loc.push_str(dest.tail());
+        loc
+    };
+
+    let resp = redirect(
+        status,
+        location,
+        set_cookie,
+        dest.see_other && served != Served::Fallback,
+    );
+    match served {
+        Served::Fallback => m.outcomes.fallback.increment(1),
+        _ => m.outcomes.redirect.increment(1),
+    }
+    if !is_head {
+        app.recorder.record(Click {
+            click_id,
+            ts_ms: now_ms,
+            link: link.clone(),
+            sub,
+            country: None,
+            device: audience::device(headers),
+            bot,
+            unique: None,
+            referer_host: audience::referer_host(headers),
+            ip: audience::anonymize(peer),
+            served,
+            target_type: dest.target_type,
+            status,
+            attributed_to,
+        });
+    }
+    resp
+}
+
+/// `/{id}.{sig}` with a valid id shape and a 16-character signature; raw bytes, no decoding.
+fn split_token(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let token = path.strip_prefix(b"/")?;
+    let dot = memchr::memrchr(b'.', token)?;
+    let (id, sig) = (&token[..dot], &token[dot + 1..]);
+    let id_ok =
+        (1..=64).contains(&id.len()) && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    (id_ok && sig.len() == crate::links::signature::SIG_CHARS).then_some((id, sig))
+}
+
+/// Paused, expired or capped → fallback; otherwise geo, then A/B variant, then the target.
+fn choose<'a>(
+    snap: &'a Snapshot,
+    link: &'a Link,
+    now_ms: u64,
+    bot: bool,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> (&'a Destination, Served) {
+    let expired = link.expires_at_ms.is_some_and(|t| now_ms >= t);
+    // Only humans count toward the cap: exactly `max_clicks` of them reach the target.
+    let capped = link.max_clicks.is_some_and(|max| {
+        if bot {
+            link.clicks.load(Ordering::Relaxed) >= max
+        } else {
+            link.clicks.fetch_add(1, Ordering::Relaxed) >= max
+        }
+    });
+    if link.paused || expired || capped {
+        let fb = link
+            .fallback
+            .as_ref()
+            .or(snap.brand_fallback.as_deref())
+            .or(link.home.as_ref());
+        return (fb.unwrap_or(&link.target), Served::Fallback);
+    }
+    if !link.variants.is_empty() {
+        let total = link.variants.last().map_or(1, |(w, _)| *w);
+        let point = (visitor_hash(link, headers, peer) % u64::from(total)) as u32;
+        let i = link.variants.partition_point(|(w, _)| *w <= point);
+        return (&link.variants[i].1, Served::Variant(i as u8));
+    }
+    (&link.target, Served::Target)
+}
+
+/// Sticky A/B assignment: the same visitor (address and User-Agent) gets the same variant.
+fn visitor_hash(link: &Link, headers: &HeaderMap, peer: IpAddr) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    peer.hash(&mut h);
+    headers
+        .get(http::header::USER_AGENT)
+        .map(HeaderValue::as_bytes)
+        .hash(&mut h);
+    link.id.hash(&mut h);
+    // Fx mixes poorly in the low bits; fold the high half in.
+    let x = h.finish();
+    x ^ (x >> 29).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Reads `sub` and, when `out` is given, appends the forwardable extras the link does not own.
+fn read_query(query: &str, dest: &Destination, mut out: Option<&mut String>) -> Option<Box<str>> {
+    let mut sub: Option<Box<str>> = None;
+    let mut seen = 0u16;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "sub" {
+            if sub.is_none() {
+                let clean: String = v
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':'))
+                    .take(MAX_SUB)
+                    .collect();
+                sub = (!clean.is_empty()).then(|| clean.into_boxed_str());
+            }
+            continue;
+        }
+        let Some(out) = out.as_deref_mut() else { continue };
+        let Some(i) = FORWARDABLE.iter().position(|f| *f == k) else {
+            continue;
+        };
+        let bit = 1u16 << i;
+        if dest.is_pinned(i) || seen & bit != 0 || v.is_empty() || v.len() > MAX_EXTRA {
+            continue;
+        }
+        seen |= bit;
+        push_extra(out, dest.extras, FORWARDABLE[i], &v);
+    }
+    sub
+}
+
+fn push_extra(out: &mut String, mode: Extras, key: &str, value: &str) {
+    match mode {
+        Extras::Query => {
+            out.push('&');
+            out.push_str(key);
+            out.push('=');
+            out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+        }
+        Extras::Attribution => {
+            out.push_str("&attribution%2F");
+            out.push_str(key);
+            out.push('=');
+            out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+        }
+        Extras::Nested => {
+            // The pair lives inside an encoded URL, so it is encoded twice.
+            let mut pair = String::with_capacity(key.len() + value.len() * 3 + 2);
+            pair.push('&');
+            pair.push_str(key);
+            pair.push('=');
+            pair.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+            out.extend(form_urlencoded::byte_serialize(pair.as_bytes()));
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// UUIDv7: 48-bit millisecond timestamp, 74 random bits (thread-local CSPRNG, no lock).
+pub fn new_click_id(now_ms: u64) -> uuid::Uuid {
+    let mut rnd = [0u8; 10];
+    rand::rng().fill(&mut rnd);
+    uuid::Builder::from_unix_timestamp_millis(now_ms, &rnd).into_uuid()
+}
+
+fn redirect(status: u16, location: String, set_cookie: Option<String>, no_referrer: bool) -> Response<Body> {
+    // Every part was URL-encoded or validated at load time, so these checks never fail; if
+    // one did, the visitor gets a clean 400 rather than a malformed header.
+    let Ok(loc) = HeaderValue::from_maybe_shared(Bytes::from(location)) else {
+        return bad_request();
+    };
+    let mut resp = Response::new(Body::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    let h = resp.headers_mut();
+    h.insert(LOCATION, loc);
+    h.insert(CACHE_CONTROL, NO_STORE);
+    if let Some(c) = set_cookie {
+        match HeaderValue::from_maybe_shared(Bytes::from(c)) {
+            Ok(v) => {
+                h.insert(SET_COOKIE, v);
+            }
+            Err(_) => return bad_request(),
+        }
+    }
+    if no_referrer {
+        h.insert(REFERRER_POLICY, NO_REFERRER);
+    }
+    resp
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, TEXT);
+    resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    resp
+}
+
+/// The one answer for every unknown, forged, truncated or malformed link.
+fn not_found(app: &App) -> Response<Body> {
+    app.metrics.outcomes.not_found.increment(1);
+    plain(StatusCode::NOT_FOUND, "not found\n")
+}
+
+pub fn bad_request() -> Response<Body> {
+    plain(StatusCode::BAD_REQUEST, "bad request\n")
+}
+
+fn method_not_allowed() -> Response<Body> {
+    let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp
+}
+
+/// `/healthz` on the public port, for the CDN: 503 once draining so it stops sending.
+fn health(app: &App) -> Response<Body> {
+    if app.is_draining() {
+        plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        plain(StatusCode::OK, "ok\n")
+    }
+}

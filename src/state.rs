@@ -1,0 +1,185 @@
+//! What requests read: an immutable [`Snapshot`] behind `ArcSwap`, replaced whole.
+//!
+//! One writer at a time (reloads are serialised by a mutex that requests never touch); a
+//! request does one `load()` and sees one consistent table from start to finish. A reload
+//! builds the new snapshot aside, validates all of it, and only then stores it; on any error
+//! the old snapshot keeps serving, `cartlink_config_reload_failures_total` counts it, and the
+//! log says why.
+
+use crate::clicks::Recorder;
+use crate::config::{Config, CookieSettings, Env, Settings};
+use crate::links::config::TargetConfig;
+use crate::links::destination::{render, LinkParams};
+use crate::links::signature::KeyRing;
+use crate::links::{self, Destination, LinkTable};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Everything a request needs, frozen.
+pub struct Snapshot {
+    pub generation: u64,
+    pub links: LinkTable,
+    pub keys: Arc<KeyRing>,
+    pub cookie: CookieSettings,
+    pub brand_fallback: Option<Arc<Destination>>,
+    pub edge: Arc<str>,
+}
+
+/// Shared by every connection.
+pub struct App {
+    pub state: ArcSwap<Snapshot>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub draining: AtomicBool,
+    pub admin_token: Option<String>,
+    reload: Mutex<ReloadSource>,
+}
+
+/// Where reloads read from.
+pub struct ReloadSource {
+    pub config_path: PathBuf,
+    pub explicit: bool,
+    pub links_path: PathBuf,
+    pub keys: Arc<KeyRing>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Links(#[from] links::LoadError),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub fn brand_fallback(settings: &Settings) -> Result<Option<Arc<Destination>>, String> {
+    let Some(url) = &settings.fallback else { return Ok(None) };
+    let target = TargetConfig::Url {
+        url: url.clone(),
+        platform: None,
+    };
+    let params = LinkParams {
+        creator: "",
+        discount: None,
+        utm: &[],
+    };
+    render(&target, &params, false)
+        .map(|d| Some(Arc::new(d)))
+        .map_err(|e| format!("fallback: {e}"))
+}
+
+impl App {
+    pub fn new(
+        settings: &Settings,
+        table: LinkTable,
+        recorder: Recorder,
+        metrics: Metrics,
+        config_path: &Path,
+        explicit: bool,
+    ) -> Result<App, String> {
+        // Signing keys come from the environment at start-up and stay for the process's life.
+        let keys = settings.secrets.keys.clone();
+        let snapshot = Snapshot {
+            generation: 1,
+            links: table,
+            keys: keys.clone(),
+            cookie: settings.cookie.clone(),
+            brand_fallback: brand_fallback(settings)?,
+            edge: settings.edge.as_str().into(),
+        };
+        metrics.config_generation.set(1.0);
+        metrics.links_loaded.set(snapshot.links.len() as f64);
+        Ok(App {
+            state: ArcSwap::from_pointee(snapshot),
+            recorder,
+            metrics,
+            draining: AtomicBool::new(false),
+            admin_token: settings.secrets.admin_token.clone(),
+            reload: Mutex::new(ReloadSource {
+                config_path: config_path.to_path_buf(),
+                explicit,
+                links_path: settings.links.clone(),
+                keys,
+            }),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn links_path(&self) -> PathBuf {
+        self.reload.lock().expect("reload lock").links_path.clone()
+    }
+
+    /// Re-reads the config file and the links file; swaps only if both are valid.
+    pub fn reload(&self, env: Env) -> Result<u64, ReloadError> {
+        let mut src = self.reload.lock().expect("reload lock");
+        let result = (|| {
+            let settings = Config::load(&src.config_path, src.explicit, env)?.validate(env)?;
+            let table = links::load(&settings.links)?;
+            Ok::<_, ReloadError>((settings, table))
+        })();
+        match result {
+            Ok((settings, table)) => {
+                src.links_path = settings.links.clone();
+                let fallback = brand_fallback(&settings).map_err(ReloadError::Io);
+                let fallback = self.counted(fallback)?;
+                Ok(self.install(&src, table, Some((settings.cookie.clone(), fallback))))
+            }
+            Err(e) => Err(self.counted::<()>(Err(e)).unwrap_err()),
+        }
+    }
+
+    /// Replaces the table from JSON Lines text (the admin API), writing it to the links file
+    /// first so a later reload or restart serves the same table.
+    pub fn replace_links(&self, text: &str) -> Result<u64, ReloadError> {
+        let src = self.reload.lock().expect("reload lock");
+        let table = self.counted(links::parse(text, "request body").map_err(ReloadError::from))?;
+        let tmp = src.links_path.with_extension("jsonl.tmp");
+        let write = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &src.links_path));
+        self.counted(write.map_err(|e| ReloadError::Io(format!("{}: {e}", src.links_path.display()))))?;
+        Ok(self.install(&src, table, None))
+    }
+
+    fn counted<T>(&self, r: Result<T, ReloadError>) -> Result<T, ReloadError> {
+        if let Err(e) = &r {
+            self.metrics.reload_failures.increment(1);
+            tracing::error!(error = %e, "reload rejected; the previous table keeps serving");
+        }
+        r
+    }
+
+    fn install(
+        &self,
+        src: &ReloadSource,
+        table: LinkTable,
+        settings: Option<(CookieSettings, Option<Arc<Destination>>)>,
+    ) -> u64 {
+        let old = self.state.load();
+        table.inherit_counters(&old.links);
+        let (cookie, brand_fallback) = match settings {
+            Some((c, f)) => (c, f),
+            None => (old.cookie.clone(), old.brand_fallback.clone()),
+        };
+        let generation = old.generation + 1;
+        let links = table.len();
+        self.state.store(Arc::new(Snapshot {
+            generation,
+            links: table,
+            keys: src.keys.clone(),
+            cookie,
+            brand_fallback,
+            edge: old.edge.clone(),
+        }));
+        self.metrics.config_generation.set(generation as f64);
+        self.metrics.links_loaded.set(links as f64);
+        self.metrics.reloads.increment(1);
+        tracing::info!(generation, links, "links table swapped");
+        generation
+    }
+}
