@@ -457,12 +457,19 @@ fn finish(
     let (Some((click_at, _)), None) = (found.next(), found.next()) else {
         return Err("destination contains the reserved click placeholder".into());
     };
-    let cut_from = with
+    let mut cut_from = with
         .bytes()
         .zip(plain.bytes())
         .take_while(|(a, b)| a == b)
         .count()
         .min(click_at);
+    // Never cut inside a percent-encoded triplet (`%26cl_click…` vs `%23fragment` share `%`).
+    for back in [1, 2] {
+        if cut_from >= back && with.as_bytes()[cut_from - back] == b'%' {
+            cut_from -= back;
+            break;
+        }
+    }
     if with[click_at + CLICK_ID_LEN..] != plain[cut_from..] {
         return Err("destination could not be split around its click ID".into());
     }
