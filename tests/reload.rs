@@ -1,0 +1,222 @@
+//! Reloads: bad files rejected with file:line while the old table serves; good files swap
+//! atomically under load; SIGHUP, the admin API and the file watcher all reload.
+
+mod support;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn link(id: &str, url: &str) -> String {
+    format!(r#"{{"id":"{id}","creator":"c","campaign":"k","target":{{"type":"url","url":"{url}"}}}}"#)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_files_are_rejected_with_their_line_and_the_old_table_keeps_serving() {
+    let good = format!(
+        "{}\n{}\n",
+        link("a", "https://a.example/one"),
+        link("b", "https://b.example/")
+    );
+    let s = Server::start("reload-bad", &good, &[("CARTLINK_WATCH_LINKS_MS", "0")]);
+    let links = s.dir.join("links.jsonl");
+    let bad_files: Vec<(String, &str)> = vec![
+        (format!("{good}{{\"id\":\"c\",\"creator\":\n"), "links.jsonl:3:"),
+        (String::new(), "no links"),
+        (
+            format!("{good}{}\n", link("a", "https://a.example/dup")),
+            "links.jsonl:3: duplicate id `a` (first on line 1)",
+        ),
+        (
+            format!(
+                "{}\n{}\n",
+                link("a", "http://a.example/"),
+                link("b", "https://b.example/")
+            ),
+            "links.jsonl:1: target:",
+        ),
+        (
+            format!("{good}{}\n", link("bad id", "https://x.example/")),
+            "links.jsonl:3: id",
+        ),
+        (
+            good.replace("\"creator\":\"c\"", "\"creator\":\"c\",\"colour\":\"red\"")
+                .to_string(),
+            "unknown field `colour`",
+        ),
+        (good[..good.len() / 2].to_string(), "links.jsonl:1:"),
+    ];
+    for (n, (text, want)) in bad_files.iter().enumerate() {
+        std::fs::write(&links, text).unwrap();
+        s.signal("HUP");
+        wait_for("the failure to be counted", || {
+            s.metric("cartlink_config_reload_failures_total") == (n + 1) as f64
+        });
+        assert!(
+            s.stderr().contains(want),
+            "case {n}: want {want:?} in log:\n{}",
+            s.stderr()
+        );
+        assert_eq!(s.metric("cartlink_config_generation"), 1.0);
+        let r = s.get(&path_for("a"), &[("User-Agent", IPHONE)]);
+        assert_eq!(r.status, 302);
+        assert!(
+            r.location().starts_with("https://a.example/one?cl_click="),
+            "old table serves"
+        );
+    }
+    // The admin API reports the same problem in its answer.
+    let r = s.admin("POST", "/admin/reload", b"");
+    assert_eq!(r.status, 422);
+    assert!(r.body_text().contains("links.jsonl:1:"), "{}", r.body_text());
+    // Then a good file swaps: new link served, removed link gone.
+    std::fs::write(
+        &links,
+        format!(
+            "{}\n{}\n",
+            link("a", "https://a.example/two"),
+            link("c", "https://c.example/")
+        ),
+    )
+    .unwrap();
+    s.signal("HUP");
+    wait_for("generation 2", || s.metric("cartlink_config_generation") == 2.0);
+    assert!(s
+        .get(&path_for("a"), &[("User-Agent", IPHONE)])
+        .location()
+        .starts_with("https://a.example/two?"));
+    assert_eq!(s.get(&path_for("c"), &[("User-Agent", IPHONE)]).status, 302);
+    assert_eq!(s.get(&path_for("b"), &[("User-Agent", IPHONE)]).status, 404);
+}
+
+#[test]
+fn check_command_names_file_and_line() {
+    let dir = scratch("check");
+    let links = dir.join("links.jsonl");
+    std::fs::write(
+        &links,
+        format!("{}\n{}\n", link("a", "https://a.example/"), "{\"id\":1}"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cartlink"))
+        .arg("check")
+        .current_dir(&dir)
+        .env("CARTLINK_LINKS", &links)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("links.jsonl:2:"), "{err}");
+    std::fs::write(&links, format!("{}\n", link("a", "https://a.example/"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cartlink"))
+        .arg("check")
+        .current_dir(&dir)
+        .env("CARTLINK_LINKS", &links)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_links_file_is_watched() {
+    let s = Server::start(
+        "reload-watch",
+        &format!("{}\n", link("a", "https://a.example/")),
+        &[("CARTLINK_WATCH_LINKS_MS", "50")],
+    );
+    assert_eq!(s.get(&path_for("new"), &[("User-Agent", IPHONE)]).status, 404);
+    std::fs::write(
+        s.dir.join("links.jsonl"),
+        format!(
+            "{}\n{}\n",
+            link("a", "https://a.example/"),
+            link("new", "https://n.example/")
+        ),
+    )
+    .unwrap();
+    wait_for("the watcher to load the new link", || {
+        s.get(&path_for("new"), &[("User-Agent", IPHONE)]).status == 302
+    });
+    assert_eq!(s.metric("cartlink_config_generation"), 2.0);
+}
+
+/// 100 swaps through `PUT /admin/links` while clients hammer: zero failed requests, and
+/// every answer comes whole from the old or the new table.
+#[test]
+fn reload_under_load_fails_no_request() {
+    let v = |n: u32| {
+        format!(
+            "{}\n{}\n",
+            link("a", &format!("https://a.example/v{n}")),
+            link("b", &format!("https://b.example/v{n}"))
+        )
+    };
+    let s = Server::start("reload-load", &v(0), &[("CARTLINK_WATCH_LINKS_MS", "0")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, ok, addr) = (stop.clone(), ok.clone(), s.public);
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr).unwrap();
+                let mut versions = std::collections::HashSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let id = if t % 2 == 0 { "a" } else { "b" };
+                    let r = conn
+                        .get(&path_for(id), IPHONE)
+                        .expect("no connection error during reloads");
+                    assert_eq!(r.status, 302, "{r:?}");
+                    let loc = r.location();
+                    let prefix = format!("https://{id}.example/v");
+                    let rest = loc
+                        .strip_prefix(&prefix)
+                        .unwrap_or_else(|| panic!("answer from neither table: {loc}"));
+                    let n: u32 = rest.split('?').next().unwrap().parse().unwrap();
+                    assert!(n <= 100, "{loc}");
+                    versions.insert(n);
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+                versions.len()
+            })
+        })
+        .collect();
+    for n in 1..=100 {
+        let r = s.admin("PUT", "/admin/links", v(n).as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    // One more request per client after the last swap must come from the newest table.
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<usize> = clients.into_iter().map(|c| c.join().expect("client thread")).collect();
+    assert!(ok.load(Ordering::Relaxed) > 100, "the clients kept going");
+    assert!(
+        seen.iter().all(|&n| n > 1),
+        "clients saw several table versions: {seen:?}"
+    );
+    assert_eq!(s.metric("cartlink_config_generation"), 101.0);
+    assert!(s
+        .get(&path_for("a"), &[("User-Agent", IPHONE)])
+        .location()
+        .starts_with("https://a.example/v100?"));
+    // The admin PUT wrote the file, so a restart or SIGHUP serves the same table.
+    assert_eq!(std::fs::read_to_string(s.dir.join("links.jsonl")).unwrap(), v(100));
+    // A bad body is refused with its line and changes nothing.
+    let r = s.admin(
+        "PUT",
+        "/admin/links",
+        format!("{}\nnot json\n", link("a", "https://a.example/x")).as_bytes(),
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.body_text().contains("request body:2:"), "{}", r.body_text());
+    assert_eq!(s.metric("cartlink_config_generation"), 101.0);
+}
