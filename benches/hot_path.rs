@@ -1,1 +1,103 @@
-fn main() {}
+//! The redirect hot path, in process: verify + resolve + build `Location` + cookie + record
+//! handed to the pipeline (file sink on another thread), plus its parts on their own.
+//!
+//!     cargo bench --bench hot_path
+
+use cartlink::clicks;
+use cartlink::config::{Config, SinkSettings};
+use cartlink::links;
+use cartlink::metrics::Metrics;
+use cartlink::redirect;
+use cartlink::state::App;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0";
+
+fn app(n: usize) -> (Arc<App>, clicks::Pipeline) {
+    let env = |k: &str| (k == "CARTLINK_SIGNING_KEYS").then(|| KEYS.to_string());
+    let dir = std::env::temp_dir().join(format!("cartlink-bench-{}", std::process::id()));
+    let settings = Config::default().validate(&env).unwrap();
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            r#"{{"id":"l{i}","creator":"creator{c}","campaign":"s26","discount":"CODE{c}","target":{{"type":"shopify_cart","shop":"brand.example","items":[{{"variant":{v},"qty":1}},{{"variant":40000000002,"qty":2}}]}},"utm":{{"source":"instagram","medium":"creator"}}}}"#,
+            c = i % 1000,
+            v = 9_007_199_254_740_993u64 + i as u64
+        ));
+        text.push('\n');
+    }
+    let table = links::parse(&text, "bench").unwrap();
+    let metrics = Metrics::new();
+    let sink = SinkSettings::File {
+        dir: dir.join("clicks"),
+    };
+    let (recorder, pipeline) = clicks::start(&sink, &settings.pipeline, metrics.clone(), "bench".into()).unwrap();
+    let app = App::new(&settings, table, recorder, metrics, Path::new("none.toml"), false).unwrap();
+    (Arc::new(app), pipeline)
+}
+
+fn bench(c: &mut Criterion) {
+    let n = 100_000;
+    let (app, pipeline) = app(n);
+    let keys = links::signature::KeyRing::parse(KEYS).unwrap();
+    let uris: Vec<Uri> = (0..1024)
+        .map(|i| {
+            format!(
+                "/l{}.{}?sub=reel-{i}&fbclid=abc",
+                (i * 97) % n,
+                keys.sign(&format!("l{}", (i * 97) % n))
+            )
+            .parse()
+            .unwrap()
+        })
+        .collect();
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::USER_AGENT, HeaderValue::from_static(IPHONE));
+    headers.insert(
+        http::header::REFERER,
+        HeaderValue::from_static("https://l.instagram.com/"),
+    );
+    let peer: IpAddr = "203.0.113.9".parse().unwrap();
+
+    let mut i = 0usize;
+    c.bench_function("redirect/human_click_full_path", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(redirect::handle(&app, &Method::GET, &uris[i], &headers, peer))
+        })
+    });
+    c.bench_function("redirect/head_probe", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(redirect::handle(&app, &Method::HEAD, &uris[i], &headers, peer))
+        })
+    });
+    let forged: Uri = "/l1.AAAAAAAAAAAAAAAA".parse().unwrap();
+    c.bench_function("redirect/forged_404", |b| {
+        b.iter(|| black_box(redirect::handle(&app, &Method::GET, &forged, &headers, peer)))
+    });
+    let sig = keys.sign("l42");
+    c.bench_function("signature/verify", |b| {
+        b.iter(|| black_box(keys.verify(black_box(b"l42"), sig.as_bytes())))
+    });
+    let id = uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+    c.bench_function("cookie/write", |b| {
+        let mut s = String::with_capacity(256);
+        b.iter(|| {
+            s.clear();
+            redirect::cookie::write(&keys, "cl_att", &id, 1_800_000_000, "l42", "creator42", &mut s);
+            black_box(s.len())
+        })
+    });
+    drop(app);
+    pipeline.shutdown(std::time::Instant::now() + std::time::Duration::from_secs(5));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -65,7 +65,11 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| {
+            let v = v.as_bytes();
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+        })
         .unwrap_or(b"");
     presented.len() == token.len() && bool::from(presented.ct_eq(token.as_bytes()))
 }

@@ -87,6 +87,8 @@ pub struct PipelineConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
+    /// Largest request head (request line + headers); larger gets 431.
+    pub max_header_bytes: usize,
     pub max_headers: usize,
     pub keepalive_idle_ms: u64,
     pub h2_max_concurrent_streams: u32,
@@ -153,6 +155,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             header_read_timeout_ms: 10_000,
+            max_header_bytes: 16 << 10,
             max_headers: 64,
             keepalive_idle_ms: 75_000,
             h2_max_concurrent_streams: 128,
@@ -324,6 +327,9 @@ impl Config {
         let p = &self.pipeline;
         if p.queue_capacity == 0 || p.batch_max_records == 0 || p.batch_max_bytes == 0 || p.batch_max_age_ms == 0 {
             errs.push("pipeline sizes and ages must be above 0".into());
+        }
+        if self.http.max_header_bytes < 8192 {
+            errs.push("http.max_header_bytes must be at least 8192".into());
         }
         if self.http.max_headers == 0 || self.http.header_read_timeout_ms == 0 {
             errs.push("http.max_headers and http.header_read_timeout_ms must be above 0".into());

@@ -54,10 +54,12 @@ pub fn http_builder(cfg: &HttpConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
         .max_headers(cfg.max_headers)
+        .max_buf_size(cfg.max_header_bytes)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+        .max_header_list_size(cfg.max_header_bytes as u32)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_millis(cfg.keepalive_idle_ms));

@@ -54,6 +54,10 @@ fn bad_files_are_rejected_with_their_line_and_the_old_table_keeps_serving() {
             "unknown field `colour`",
         ),
         (good[..good.len() / 2].to_string(), "links.jsonl:1:"),
+        (
+            format!("{}\n", link("a", "https://a.example//evil.example/x")),
+            "a path may not start with `//`",
+        ),
     ];
     for (n, (text, want)) in bad_files.iter().enumerate() {
         std::fs::write(&links, text).unwrap();

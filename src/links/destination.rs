@@ -140,6 +140,10 @@ fn https_url(text: &str) -> Result<Url, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("`{text}` has no host"));
     }
+    if url.path().starts_with("//") {
+        // `https://shop//evil.example/x` would become a protocol-relative redirect path.
+        return Err(format!("`{text}`: a path may not start with `//`"));
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("`{text}` must not carry credentials"));
     }
@@ -180,16 +184,22 @@ fn item_list<I: Iterator<Item = (String, u32)>>(items: I) -> Result<String, Stri
     Ok(out)
 }
 
-fn set_pairs(url: &mut Url, pairs: &[(&str, &str)]) {
-    // Link-owned keys replace any the destination already carries; other params are kept.
-    let keep: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| !pairs.iter().any(|(p, _)| p == k))
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+/// Sets link-owned pairs (replacing any the destination already carries; other params are
+/// kept) and returns every query key the destination ends up with.
+fn set_pairs(url: &mut Url, pairs: &[(&str, &str)]) -> Vec<String> {
+    let keep: Vec<(String, String)> = match url.query() {
+        None => Vec::new(),
+        Some(_) => url
+            .query_pairs()
+            .filter(|(k, _)| !pairs.iter().any(|(p, _)| p == k))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    };
     url.set_query(None);
-    if keep.is_empty() && pairs.is_empty() {
-        return;
+    let mut keys: Vec<String> = keep.iter().map(|(k, _)| k.clone()).collect();
+    keys.extend(pairs.iter().map(|(k, _)| k.to_string()));
+    if keys.is_empty() {
+        return keys;
     }
     let mut q = url.query_pairs_mut();
     for (k, v) in &keep {
@@ -198,6 +208,8 @@ fn set_pairs(url: &mut Url, pairs: &[(&str, &str)]) {
     for (k, v) in pairs {
         q.append_pair(k, v);
     }
+    drop(q);
+    keys
 }
 
 /// Renders one target into a [`Destination`] (`apply_discount` false for fallbacks).
@@ -211,14 +223,13 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
             match (discount, platform.unwrap_or(Platform::Generic)) {
                 (Some(code), Platform::Shopify) => {
                     // https://shop/discount/CODE?redirect=/path?query&cl_click=ID
-                    set_pairs(&mut dest, &pairs);
+                    let keys = set_pairs(&mut dest, &pairs);
                     let mut inner_path = dest.path().to_string();
                     if let Some(q) = dest.query() {
                         inner_path.push('?');
                         inner_path.push_str(q);
                     }
-                    let with = inner_with_click(&inner_path, dest.fragment(), "cl_click", true)?;
-                    let without = inner_with_click(&inner_path, dest.fragment(), "cl_click", false)?;
+                    let (with, without) = inner_with_click(&inner_path, dest.fragment(), "cl_click")?;
                     let mut outer = dest.clone();
                     outer.set_fragment(None);
                     outer.set_query(None);
@@ -231,7 +242,14 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                     let mut plain = outer.clone();
                     outer.query_pairs_mut().append_pair("redirect", &with);
                     plain.query_pairs_mut().append_pair("redirect", &without);
-                    finish(outer, plain, Extras::Nested, TargetType::Url, false, &pairs_keys(&dest))
+                    finish(
+                        outer.as_str(),
+                        plain.as_str(),
+                        Extras::Nested,
+                        TargetType::Url,
+                        false,
+                        &keys,
+                    )
                 }
                 (code, _) => {
                     if let Some(code) = code {
@@ -239,8 +257,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                         // most common one (Shopify storefront URLs honour it too).
                         pairs.push(("discount", code));
                     }
-                    set_pairs(&mut dest, &pairs);
-                    let keys = pairs_keys(&dest);
+                    let keys = set_pairs(&mut dest, &pairs);
                     with_click_param(dest, "cl_click", Extras::Query, TargetType::Url, false, &keys)
                 }
             }
@@ -279,8 +296,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                     if *storefront {
                         pairs.push(("storefront", "true"));
                     }
-                    set_pairs(&mut dest, &pairs);
-                    let keys = pairs_keys(&dest);
+                    let keys = set_pairs(&mut dest, &pairs);
                     with_click_param(
                         dest,
                         "attributes[cl_click]",
@@ -303,8 +319,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                         owned.push((format!("attribution/{k}"), v));
                     }
                     let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                    set_pairs(&mut dest, &pairs);
-                    let keys = pairs_keys(&dest);
+                    let keys = set_pairs(&mut dest, &pairs);
                     with_click_param(
                         dest,
                         "attribution/cl_click",
@@ -407,54 +422,54 @@ fn commerce_query(
 ) -> Result<Destination, String> {
     let mut all: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     all.extend(utm);
-    set_pairs(&mut dest, &all);
-    let keys = pairs_keys(&dest);
+    let keys = set_pairs(&mut dest, &all);
     with_click_param(dest, "cl_click", Extras::Query, kind, false, &keys)
 }
 
-fn pairs_keys(url: &Url) -> Vec<String> {
-    url.query_pairs().map(|(k, _)| k.into_owned()).collect()
-}
-
-/// `path?query` (+ `cl_click=PLACEHOLDER` when `click`) + `#fragment`, as one relative URL.
-fn inner_with_click(path_and_query: &str, fragment: Option<&str>, key: &str, click: bool) -> Result<String, String> {
+/// `path?query` + `#fragment` as relative URLs: with `key=PLACEHOLDER` appended, and without.
+fn inner_with_click(path_and_query: &str, fragment: Option<&str>, key: &str) -> Result<(String, String), String> {
     let base = Url::parse("https://inner.invalid/").expect("static URL parses");
     let mut inner = base.join(path_and_query).map_err(|e| e.to_string())?;
-    if click {
-        inner.query_pairs_mut().append_pair(key, PLACEHOLDER);
-    }
+    let mut plain = inner.clone();
+    plain.set_fragment(fragment);
+    inner.query_pairs_mut().append_pair(key, PLACEHOLDER);
     inner.set_fragment(fragment);
-    Ok(inner[url::Position::BeforePath..].to_string())
+    let rel = |u: &Url| u[url::Position::BeforePath..].to_string();
+    Ok((rel(&inner), rel(&plain)))
 }
 
 fn with_click_param(
-    dest: Url,
+    mut dest: Url,
     key: &str,
     extras: Extras,
     kind: TargetType,
     see_other: bool,
     keys: &[String],
 ) -> Result<Destination, String> {
-    let plain = dest.clone();
-    let mut with = dest;
-    let fragment = with.fragment().map(str::to_string);
-    with.set_fragment(None);
-    with.query_pairs_mut().append_pair(key, PLACEHOLDER);
-    with.set_fragment(fragment.as_deref());
-    finish(with, plain, extras, kind, see_other, keys)
+    let plain = dest.as_str().to_string();
+    let fragment = dest.fragment().map(str::to_string);
+    if fragment.is_some() {
+        dest.set_fragment(None);
+    }
+    dest.query_pairs_mut().append_pair(key, PLACEHOLDER);
+    if fragment.is_some() {
+        dest.set_fragment(fragment.as_deref());
+    }
+    finish(dest.as_str(), &plain, extras, kind, see_other, keys)
 }
 
 fn finish(
-    with: Url,
-    plain: Url,
+    with: &str,
+    plain: &str,
     extras: Extras,
     kind: TargetType,
     see_other: bool,
     keys: &[String],
 ) -> Result<Destination, String> {
-    let (with, plain) = (with.as_str(), plain.as_str());
-    let mut found = with.match_indices(PLACEHOLDER);
-    let (Some((click_at, _)), None) = (found.next(), found.next()) else {
+    let finder = memchr::memmem::Finder::new(PLACEHOLDER);
+    let click_at = finder.find(with.as_bytes());
+    let once = click_at.is_some_and(|at| finder.find(&with.as_bytes()[at + 1..]).is_none());
+    let (Some(click_at), true) = (click_at, once) else {
         return Err("destination contains the reserved click placeholder".into());
     };
     let mut cut_from = with

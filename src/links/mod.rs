@@ -9,7 +9,7 @@ pub mod signature;
 use config::{LinkConfig, StatusConfig, TargetConfig};
 use destination::{render, LinkParams};
 pub use destination::{Destination, TargetType, CLICK_ID_LEN, FORWARDABLE};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -25,25 +25,60 @@ pub struct Link {
     pub expires_at_ms: Option<u64>,
     pub redirect: u16,
     pub target: Destination,
-    /// Sorted by country code.
-    pub geo: Box<[([u8; 2], Destination)]>,
-    /// Cumulative weights (last = total) with their destinations.
-    pub variants: Box<[(u32, Destination)]>,
-    pub fallback: Option<Destination>,
-    /// The store's home page: where a paused, expired or capped link goes when neither it nor
-    /// the brand names a fallback. Rendered only for such links.
-    pub home: Option<Destination>,
     pub max_clicks: Option<u64>,
     /// Human clicks counted toward `max_clicks`; carried over from the previous table on reload.
     pub clicks: AtomicU64,
+    /// Most links have no other destination; those that do keep them out of line, so a
+    /// million plain links stay small.
+    routes: Option<Box<Routes>>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    /// Sorted by country code.
+    geo: Box<[([u8; 2], Destination)]>,
+    /// Cumulative weights (last = total) with their destinations.
+    variants: Box<[(u32, Destination)]>,
+    fallback: Option<Destination>,
+    /// The store's home page: where a paused, expired or capped link goes when neither it nor
+    /// the brand names a fallback. Rendered only for such links.
+    home: Option<Destination>,
 }
 
 impl Link {
     pub fn geo_target(&self, country: [u8; 2]) -> Option<&Destination> {
-        self.geo
-            .binary_search_by(|(c, _)| c.cmp(&country))
-            .ok()
-            .map(|i| &self.geo[i].1)
+        let geo = &self.routes.as_ref()?.geo;
+        geo.binary_search_by(|(c, _)| c.cmp(&country)).ok().map(|i| &geo[i].1)
+    }
+    pub fn variants(&self) -> &[(u32, Destination)] {
+        self.routes.as_ref().map_or(&[], |r| &r.variants)
+    }
+    pub fn fallback(&self) -> Option<&Destination> {
+        self.routes.as_ref()?.fallback.as_ref()
+    }
+    pub fn home(&self) -> Option<&Destination> {
+        self.routes.as_ref()?.home.as_ref()
+    }
+}
+
+/// Table entry: the link itself, hashed and compared by id, so the id is stored once.
+#[derive(Debug)]
+struct ById(Arc<Link>);
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state)
+    }
+}
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for ById {}
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
     }
 }
 
@@ -76,13 +111,16 @@ impl std::fmt::Display for LoadError {
 /// visitors cannot choose keys and a fast non-keyed hasher is safe here.
 #[derive(Debug, Default)]
 pub struct LinkTable {
-    links: FxHashMap<Box<str>, Arc<Link>>,
+    links: FxHashSet<ById>,
 }
 
 impl LinkTable {
     pub fn get(&self, id: &[u8]) -> Option<&Arc<Link>> {
         // Ids are validated ASCII at load; a non-UTF-8 id cannot match any of them.
-        std::str::from_utf8(id).ok().and_then(|id| self.links.get(id))
+        std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| self.links.get(id))
+            .map(|e| &e.0)
     }
     pub fn len(&self) -> usize {
         self.links.len()
@@ -91,19 +129,19 @@ impl LinkTable {
         self.links.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
-        self.links.values()
+        self.links.iter().map(|e| &e.0)
     }
     /// Ids in file order are not kept; this gives them sorted, for stable exports.
     pub fn sorted_ids(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self.links.keys().map(|k| &**k).collect();
+        let mut ids: Vec<&str> = self.links.iter().map(|e| &*e.0.id).collect();
         ids.sort_unstable();
         ids
     }
     /// Carries `max_clicks` counters over from the table this one replaces.
     pub fn inherit_counters(&self, old: &LinkTable) {
         use std::sync::atomic::Ordering::Relaxed;
-        for (id, link) in &self.links {
-            if let Some(prev) = old.links.get(id) {
+        for ById(link) in &self.links {
+            if let Some(ById(prev)) = old.links.get(&*link.id) {
                 link.clicks.store(prev.clicks.load(Relaxed), Relaxed);
             }
         }
@@ -247,12 +285,16 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         expires_at_ms,
         redirect,
         target,
-        geo: geo.into(),
-        variants: variants.into(),
-        fallback,
-        home,
         max_clicks: raw.max_clicks,
         clicks: AtomicU64::new(0),
+        routes: (!geo.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some()).then(|| {
+            Box::new(Routes {
+                geo: geo.into(),
+                variants: variants.into(),
+                fallback,
+                home,
+            })
+        }),
     })
 }
 
@@ -261,6 +303,8 @@ const MAX_REPORTED: usize = 20;
 /// One parser thread's links (with their line numbers) and errors.
 type ChunkResult = (Vec<(usize, Link)>, Vec<LinkError>);
 
+// `ById` hashes only the immutable id; the atomic click counter inside does not affect it.
+#[allow(clippy::mutable_key_type)]
 /// Parses and validates JSON Lines text. `name` is what errors call the file.
 pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
     let lines: Vec<(usize, &str)> = text
@@ -304,22 +348,28 @@ pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
             .collect()
     });
     let mut errors: Vec<LinkError> = Vec::new();
-    let mut links: FxHashMap<Box<str>, Arc<Link>> = FxHashMap::default();
-    let mut first_line: FxHashMap<Box<str>, usize> = FxHashMap::default();
+    let mut links: FxHashSet<ById> = FxHashSet::default();
     links.reserve(lines.len());
     for (ok, errs) in parts {
         errors.extend(errs);
         for (line, link) in ok {
-            if let Some(prev) = first_line.get(&link.id) {
+            let id = link.id.clone();
+            if !links.insert(ById(Arc::new(link))) {
+                // Rare: find where the id first appeared.
+                #[derive(serde::Deserialize)]
+                struct IdOnly {
+                    id: String,
+                }
+                let first = lines
+                    .iter()
+                    .find(|(_, t)| serde_json::from_str::<IdOnly>(t).is_ok_and(|x| *x.id == *id))
+                    .map_or(0, |(l, _)| *l);
                 errors.push(LinkError {
                     file: name.into(),
                     line,
-                    reason: format!("duplicate id `{}` (first on line {prev})", link.id),
+                    reason: format!("duplicate id `{id}` (first on line {first})"),
                 });
-                continue;
             }
-            first_line.insert(link.id.clone(), line);
-            links.insert(link.id.clone(), Arc::new(link));
         }
     }
     if !errors.is_empty() {

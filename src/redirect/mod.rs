@@ -186,18 +186,15 @@ fn choose<'a>(
         }
     });
     if link.paused || expired || capped {
-        let fb = link
-            .fallback
-            .as_ref()
-            .or(snap.brand_fallback.as_deref())
-            .or(link.home.as_ref());
+        let fb = link.fallback().or(snap.brand_fallback.as_deref()).or(link.home());
         return (fb.unwrap_or(&link.target), Served::Fallback);
     }
-    if !link.variants.is_empty() {
-        let total = link.variants.last().map_or(1, |(w, _)| *w);
+    let variants = link.variants();
+    if !variants.is_empty() {
+        let total = variants.last().map_or(1, |(w, _)| *w);
         let point = (visitor_hash(link, headers, peer) % u64::from(total)) as u32;
-        let i = link.variants.partition_point(|(w, _)| *w <= point);
-        return (&link.variants[i].1, Served::Variant(i as u8));
+        let i = variants.partition_point(|(w, _)| *w <= point);
+        return (&variants[i].1, Served::Variant(i as u8));
     }
     (&link.target, Served::Target)
 }
