@@ -81,6 +81,42 @@ pub struct PipelineConfig {
     pub file_max_age_s: u64,
     /// Longest time written clicks stay in the page cache before `fdatasync`.
     pub file_fsync_ms: u64,
+    /// Batches handed to the sink stage but not yet acknowledged, held in memory; past this the
+    /// batcher spills to disk instead of waiting.
+    pub inflight_batches: usize,
+    /// Queue depth (percent of `queue_capacity`) past which batches go straight to the spill.
+    pub spill_watermark_pct: u64,
+    /// Size cap of the disk spill under `data_dir/spill`; a batch that does not fit is dropped
+    /// (counted as `dropped{reason="spill_full"}`).
+    pub spill_max_bytes: u64,
+    /// A spill segment is sealed past this size.
+    pub spill_segment_bytes: u64,
+    /// Longest time spilled records stay in the page cache before `fdatasync`.
+    pub spill_fsync_ms: u64,
+    /// First retry delay after a failed sink write; doubles per failure…
+    pub retry_base_ms: u64,
+    /// …up to this cap (each delay jittered into [cap/2, cap]).
+    pub retry_max_ms: u64,
+    /// HTTP sink: longest wait for one batch's response (then it is retried).
+    pub http_timeout_ms: u64,
+    /// HTTP sink: gzip the body (`Content-Encoding: gzip`).
+    pub http_gzip: bool,
+    /// HTTP sink: extra non-secret headers, `Name: value`. Credentials go in
+    /// `CARTLINK_SINK_BEARER_TOKEN` or `CARTLINK_SINK_AUTH_HEADER` (environment only).
+    pub http_headers: Vec<String>,
+    /// HTTP sink over https: a PEM file of extra trusted CA certificates (a private CA), added
+    /// to the built-in web PKI roots; empty: web PKI roots only.
+    pub http_ca_file: String,
+    /// NATS sink: the JetStream stream, created if missing.
+    pub nats_stream: String,
+    /// NATS sink: the stream's subjects when it is created; empty: the sink's subject.
+    pub nats_subjects: Vec<String>,
+    /// NATS sink: `limits`, `interest` or `workqueue`.
+    pub nats_retention: String,
+    /// NATS sink: the stream's `max_age` when it is created; 0: unlimited.
+    pub nats_max_age_s: u64,
+    /// NATS sink: the stream's duplicate window (server-side dedup by `Nats-Msg-Id`).
+    pub nats_duplicate_window_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +183,22 @@ impl Default for PipelineConfig {
             file_max_bytes: 64 << 20,
             file_max_age_s: 3600,
             file_fsync_ms: 1000,
+            inflight_batches: 4,
+            spill_watermark_pct: 50,
+            spill_max_bytes: 1 << 30,
+            spill_segment_bytes: 16 << 20,
+            spill_fsync_ms: 500,
+            retry_base_ms: 50,
+            retry_max_ms: 5_000,
+            http_timeout_ms: 10_000,
+            http_gzip: false,
+            http_headers: Vec::new(),
+            http_ca_file: String::new(),
+            nats_stream: "CARTLINK_CLICKS".into(),
+            nats_subjects: Vec::new(),
+            nats_retention: "limits".into(),
+            nats_max_age_s: 0,
+            nats_duplicate_window_s: 120,
         }
     }
 }
@@ -182,8 +234,25 @@ pub struct CookieSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkSettings {
     File { dir: PathBuf },
-    Http { url: String },
+    Http { url: String, auth: SinkAuth },
     Nats { server: String, subject: String },
+}
+
+/// Credentials for the HTTP sink, from the environment only (`CARTLINK_SINK_BEARER_TOKEN`,
+/// `CARTLINK_SINK_AUTH_HEADER` = `Name: value`, or their `_FILE` forms). `Debug` redacts them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SinkAuth {
+    pub bearer: Option<String>,
+    pub header: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for SinkAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkAuth")
+            .field("bearer", &self.bearer.as_ref().map(|_| "<set>"))
+            .field("header", &self.header.as_ref().map(|(n, _)| format!("{n}: <set>")))
+            .finish()
+    }
 }
 
 /// Validated settings.
@@ -279,7 +348,10 @@ impl Config {
         };
         let listen = addr("listen", &self.listen, &mut errs);
         let admin_listen = addr("admin_listen", &self.admin_listen, &mut errs);
-        let sink = parse_sink(&self.sink).map_err(|e| errs.push(e)).ok();
+        let sink = parse_sink(&self.sink)
+            .and_then(|s| with_sink_auth(s, env))
+            .map_err(|e| errs.push(e))
+            .ok();
         let public_base_url = url::Url::parse(&self.public_base_url)
             .map_err(|e| errs.push(format!("public_base_url `{}`: {e}", self.public_base_url)))
             .ok();
@@ -327,6 +399,26 @@ impl Config {
         let p = &self.pipeline;
         if p.queue_capacity == 0 || p.batch_max_records == 0 || p.batch_max_bytes == 0 || p.batch_max_age_ms == 0 {
             errs.push("pipeline sizes and ages must be above 0".into());
+        }
+        if p.inflight_batches == 0 || p.spill_segment_bytes == 0 || p.retry_base_ms == 0 || p.http_timeout_ms == 0 {
+            errs.push(
+                "pipeline.inflight_batches, spill_segment_bytes, retry_base_ms and http_timeout_ms must be above 0"
+                    .into(),
+            );
+        }
+        if p.spill_watermark_pct > 100 {
+            errs.push("pipeline.spill_watermark_pct must be 0-100".into());
+        }
+        if !matches!(p.nats_retention.as_str(), "limits" | "interest" | "workqueue") {
+            errs.push(format!(
+                "pipeline.nats_retention `{}` must be limits, interest or workqueue",
+                p.nats_retention
+            ));
+        }
+        for h in &p.http_headers {
+            if parse_header(h).is_none() {
+                errs.push(format!("pipeline.http_headers: `{h}` is not `Name: value`"));
+            }
         }
         if self.http.max_header_bytes < 8192 {
             errs.push("http.max_header_bytes must be at least 8192".into());
@@ -446,7 +538,10 @@ fn parse_sink(text: &str) -> Result<SinkSettings, String> {
     }
     if text.starts_with("http://") || text.starts_with("https://") {
         url::Url::parse(text).map_err(|e| format!("sink `{text}`: {e}"))?;
-        return Ok(SinkSettings::Http { url: text.into() });
+        return Ok(SinkSettings::Http {
+            url: text.into(),
+            auth: SinkAuth::default(),
+        });
     }
     if text.starts_with("nats://") {
         let u = url::Url::parse(text).map_err(|e| format!("sink `{text}`: {e}"))?;
@@ -463,6 +558,32 @@ fn parse_sink(text: &str) -> Result<SinkSettings, String> {
     Err(format!(
         "sink `{text}` must start with file://, http://, https:// or nats://"
     ))
+}
+
+/// `Name: value` with a valid header name and value.
+pub fn parse_header(text: &str) -> Option<(String, String)> {
+    let (name, value) = text.split_once(':')?;
+    let (name, value) = (name.trim(), value.trim());
+    http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+    http::HeaderValue::from_str(value).ok()?;
+    Some((name.to_string(), value.to_string()))
+}
+
+/// Adds the HTTP sink's credentials from the environment.
+fn with_sink_auth(sink: SinkSettings, env: Env) -> Result<SinkSettings, String> {
+    let bearer = secret(env, "CARTLINK_SINK_BEARER_TOKEN")?;
+    let header = match secret(env, "CARTLINK_SINK_AUTH_HEADER")? {
+        // The value is a secret: the message names the variable, never its content.
+        Some(h) => Some(parse_header(&h).ok_or("CARTLINK_SINK_AUTH_HEADER must be `Name: value`")?),
+        None => None,
+    };
+    Ok(match sink {
+        SinkSettings::Http { url, .. } => SinkSettings::Http {
+            url,
+            auth: SinkAuth { bearer, header },
+        },
+        other => other,
+    })
 }
 
 /// A secret from `NAME`, or from the file named by `NAME_FILE`.
@@ -539,6 +660,45 @@ mod tests {
         let s = c.validate(&env).unwrap();
         assert!(s.secrets.demo_key);
         assert!(s.cookie.attributes.contains("; Domain=brand.example"));
+    }
+
+    #[test]
+    fn sink_credentials_come_from_the_environment_and_are_never_printed() {
+        let env = env_of(&[
+            ("CARTLINK_SINK", "http://127.0.0.1:8123/?query=INSERT"),
+            ("CARTLINK_SINK_BEARER_TOKEN", "tok-secret-1"),
+            ("CARTLINK_SINK_AUTH_HEADER", "X-ClickHouse-Key: key-secret-2"),
+            ("CARTLINK_PIPELINE_HTTP_HEADERS", "X-ClickHouse-User: cartlink"),
+        ]);
+        let s = Config::load(Path::new("/nonexistent.toml"), false, &env)
+            .unwrap()
+            .validate(&env)
+            .unwrap();
+        let SinkSettings::Http { auth, .. } = &s.sink else {
+            panic!("{:?}", s.sink)
+        };
+        assert_eq!(auth.bearer.as_deref(), Some("tok-secret-1"));
+        assert_eq!(
+            auth.header,
+            Some(("X-ClickHouse-Key".to_string(), "key-secret-2".to_string()))
+        );
+        let printed = format!("{:?}", s.sink);
+        assert!(!printed.contains("secret"), "{printed}");
+        assert_eq!(s.pipeline.http_headers, vec!["X-ClickHouse-User: cartlink"]);
+
+        let env = env_of(&[("CARTLINK_SINK_AUTH_HEADER", "no colon secret-3")]);
+        let e = Config::default().validate(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("CARTLINK_SINK_AUTH_HEADER") && !e.contains("secret-3"),
+            "{e}"
+        );
+        let env = env_of(&[("CARTLINK_PIPELINE_NATS_RETENTION", "forever")]);
+        let e = Config::load(Path::new("/nonexistent.toml"), false, &env)
+            .unwrap()
+            .validate(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nats_retention"), "{e}");
     }
 
     #[test]

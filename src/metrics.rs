@@ -20,6 +20,15 @@ pub const CLICKS_DROPPED: &str = "cartlink_clicks_dropped_total";
 pub const CLICKS_BUFFERED: &str = "cartlink_clicks_buffered";
 pub const SINK_UP: &str = "cartlink_sink_up";
 pub const SINK_ERRORS: &str = "cartlink_sink_errors_total";
+pub const SINK_RETRIES: &str = "cartlink_sink_retries_total";
+pub const CLICKS_SPILLED: &str = "cartlink_clicks_spilled_total";
+pub const CLICKS_REPLAYED: &str = "cartlink_clicks_replayed_total";
+pub const CLICKS_RECOVERED: &str = "cartlink_clicks_recovered_total";
+pub const QUEUE_DEPTH: &str = "cartlink_clicks_queue_depth";
+pub const SPILL_BYTES: &str = "cartlink_spill_bytes";
+pub const SPILL_SEGMENTS: &str = "cartlink_spill_segments";
+pub const SPILL_ERRORS: &str = "cartlink_spill_errors_total";
+pub const SPILL_CORRUPT: &str = "cartlink_spill_corrupt_total";
 pub const BATCH_RECORDS: &str = "cartlink_batch_records";
 pub const FLUSH_DURATION: &str = "cartlink_sink_flush_duration_seconds";
 pub const CONFIG_GENERATION: &str = "cartlink_config_generation";
@@ -56,9 +65,41 @@ pub struct SignatureFailures {
 
 #[derive(Clone)]
 pub struct Drops {
+    /// The in-memory queue was full (the batcher thread fell behind): never expected, since the
+    /// batcher spills instead of waiting.
     pub queue_full: Counter,
+    /// A click arrived after the queue closed at shutdown, or could neither be delivered nor
+    /// spilled before the drain deadline.
     pub shutdown: Counter,
+    /// The sink answered a non-retriable status (4xx other than 408/429).
     pub sink_rejected: Counter,
+    /// The spill was at its size cap (policy: drop newest).
+    pub spill_full: Counter,
+    /// Writing the spill failed (ENOSPC, EIO) while the sink could not take the batch.
+    pub spill_error: Counter,
+}
+
+/// `cartlink_sink_errors_total{kind}`, one handle per [`crate::clicks::retry::ErrorKind`].
+#[derive(Clone)]
+pub struct SinkErrors {
+    by_kind: [Counter; 8],
+}
+
+impl SinkErrors {
+    pub fn get(&self, kind: crate::clicks::retry::ErrorKind) -> &Counter {
+        let i = crate::clicks::retry::ErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        &self.by_kind[i]
+    }
+}
+
+/// `cartlink_spill_errors_total{kind}`.
+#[derive(Clone)]
+pub struct SpillErrors {
+    pub enospc: Counter,
+    pub io: Counter,
 }
 
 #[derive(Clone)]
@@ -73,7 +114,16 @@ pub struct Metrics {
     pub clicks_dropped: Drops,
     pub clicks_buffered: Gauge,
     pub sink_up: Gauge,
-    pub sink_errors: Counter,
+    pub sink_errors: SinkErrors,
+    pub sink_retries: Counter,
+    pub clicks_spilled: Counter,
+    pub clicks_replayed: Counter,
+    pub clicks_recovered: Counter,
+    pub queue_depth: Gauge,
+    pub spill_bytes: Gauge,
+    pub spill_segments: Gauge,
+    pub spill_errors: SpillErrors,
+    pub spill_corrupt: Counter,
     pub batch_records: Histogram,
     pub flush_duration: Histogram,
     pub config_generation: Gauge,
@@ -107,7 +157,22 @@ impl Metrics {
             describe_counter!(CLICKS_DROPPED, "Click records lost, by reason.");
             describe_gauge!(CLICKS_BUFFERED, "Click records accepted but not yet delivered.");
             describe_gauge!(SINK_UP, "1 when the last sink write succeeded.");
-            describe_counter!(SINK_ERRORS, "Failed sink writes.");
+            describe_counter!(
+                SINK_ERRORS,
+                "Failed sink writes, by kind (connect, timeout, status_5xx, ...)."
+            );
+            describe_counter!(SINK_RETRIES, "Sink writes retried after a retriable failure.");
+            describe_counter!(CLICKS_SPILLED, "Click records written to the disk spill.");
+            describe_counter!(CLICKS_REPLAYED, "Click records delivered from the disk spill.");
+            describe_counter!(
+                CLICKS_RECOVERED,
+                "Click records found in the spill at start-up (also counted as accepted)."
+            );
+            describe_gauge!(QUEUE_DEPTH, "Click records in the in-memory queue.");
+            describe_gauge!(SPILL_BYTES, Unit::Bytes, "Bytes in spill segments on disk.");
+            describe_gauge!(SPILL_SEGMENTS, "Spill segment files on disk.");
+            describe_counter!(SPILL_ERRORS, "Failed spill writes, by kind (enospc, io).");
+            describe_counter!(SPILL_CORRUPT, "Torn or corrupt spill tails skipped on replay.");
             describe_histogram!(BATCH_RECORDS, "Records per batch written to the sink.");
             describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time to write one batch to the sink.");
             describe_gauge!(CONFIG_GENERATION, "Increments on every successful table load.");
@@ -140,10 +205,26 @@ impl Metrics {
                     queue_full: drop("queue_full"),
                     shutdown: drop("shutdown"),
                     sink_rejected: drop("sink_rejected"),
+                    spill_full: drop("spill_full"),
+                    spill_error: drop("spill_error"),
                 },
                 clicks_buffered: gauge!(CLICKS_BUFFERED),
                 sink_up: gauge!(SINK_UP),
-                sink_errors: counter!(SINK_ERRORS),
+                sink_errors: SinkErrors {
+                    by_kind: crate::clicks::retry::ErrorKind::ALL.map(|k| counter!(SINK_ERRORS, "kind" => k.label())),
+                },
+                sink_retries: counter!(SINK_RETRIES),
+                clicks_spilled: counter!(CLICKS_SPILLED),
+                clicks_replayed: counter!(CLICKS_REPLAYED),
+                clicks_recovered: counter!(CLICKS_RECOVERED),
+                queue_depth: gauge!(QUEUE_DEPTH),
+                spill_bytes: gauge!(SPILL_BYTES),
+                spill_segments: gauge!(SPILL_SEGMENTS),
+                spill_errors: SpillErrors {
+                    enospc: counter!(SPILL_ERRORS, "kind" => "enospc"),
+                    io: counter!(SPILL_ERRORS, "kind" => "io"),
+                },
+                spill_corrupt: counter!(SPILL_CORRUPT),
                 batch_records: histogram!(BATCH_RECORDS),
                 flush_duration: histogram!(FLUSH_DURATION),
                 config_generation: gauge!(CONFIG_GENERATION),

@@ -2,13 +2,22 @@
 //!
 //! The redirect path calls [`Recorder::record`], which never waits: `try_send` into a bounded
 //! queue, and a full queue is a counted drop (`cartlink_clicks_dropped_total{reason="queue_full"}`).
-//! A dedicated thread batches records (count, bytes or age) and writes them to the sink.
+//! A dedicated thread batches records (count, bytes or age) and writes them to the sink
+//! ([`sink`]: file, HTTP or NATS JetStream) under one retry policy ([`retry`]); while the sink
+//! is down or slow, batches wait in a disk spill ([`spill`]) and are replayed in order.
 //! Conservation, checked by tests at rest:
 //! `accepted == delivered + dropped (all reasons) + buffered`.
 
+pub mod batch;
 pub mod file_sink;
+pub mod http_sink;
+pub mod nats_sink;
 pub mod pipeline;
 pub mod record;
+pub mod retry;
+pub mod sink;
+pub mod spill;
+pub mod syncer;
 
 pub use pipeline::{start, Pipeline};
 pub use record::{Click, Device, Served};

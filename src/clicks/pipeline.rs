@@ -1,15 +1,42 @@
-//! Batcher and sink stage, on a thread of their own so sink work never runs on the redirect
-//! workers. Flushes when a batch reaches `batch_max_records` or `batch_max_bytes`, or when its
-//! oldest record is `batch_max_age_ms` old. A failed write is retried with capped, jittered
-//! exponential backoff while the queue absorbs new clicks; on shutdown the queue is closed,
-//! drained and flushed before the thread ends.
+//! The pipeline: batcher → sink stage, with the disk spill beside them, on a thread of its own
+//! (a current-thread runtime) so sink work never runs on the redirect workers.
+//!
+//! ```text
+//! Recorder::record ──try_send──▶ queue ──▶ batcher ──try_send──▶ in-flight batches ──▶ sender ──▶ sink
+//!                                             │  (full, spill not empty,                ▲ replay, oldest first
+//!                                             │   or queue past watermark)              │
+//!                                             └──────────────▶ spill (data_dir/spill) ──┘
+//! ```
+//!
+//! - The **batcher** drains the queue into a [`Batch`] and flushes it when it reaches
+//!   `batch_max_records` or `batch_max_bytes`, or when its oldest record is `batch_max_age_ms`
+//!   old. It never waits on the sink: a flushed batch goes to the bounded in-flight channel
+//!   (`inflight_batches`), or — when that is full, when the spill already holds records (so
+//!   replay order is kept), or when the queue is past `spill_watermark_pct` — to the spill.
+//!   Only a spill that is full or failing drops records, each counted by reason.
+//! - The **sender** writes in-flight batches first, then replays the spill segment by segment;
+//!   each write is retried under the one policy in [`super::retry`] (unlimited attempts while
+//!   serving). A segment is deleted once every record in it is acknowledged.
+//! - **Shutdown** ([`Pipeline::shutdown`]): the queue is closed and drained, batches are flushed;
+//!   the sender keeps delivering (and replaying) until nothing is left or the deadline passes;
+//!   at the deadline an unacknowledged in-memory batch goes to the spill, to be replayed at the
+//!   next start. Nothing is dropped at shutdown unless the spill cannot take it.
+//!
+//! Conservation, exact at rest: `accepted == delivered + dropped + buffered`, where `buffered`
+//! counts records in the queue, in batches, in flight and in the spill. Records found in the
+//! spill at start-up are counted as accepted (and in `cartlink_clicks_recovered_total`).
 
-use super::file_sink::FileSink;
+use super::batch::Batch;
+use super::retry::Backoff;
+use super::sink::Sink;
+use super::spill::{Spill, SpillError};
 use super::{Click, Recorder};
 use crate::config::{PipelineConfig, SinkSettings};
 use crate::metrics::Metrics;
+use std::cell::{Cell, RefCell};
+use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// The running pipeline; [`Pipeline::shutdown`] flushes and joins it.
 pub struct Pipeline {
@@ -18,7 +45,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Closes the queue, writes everything in it, and waits (until `deadline`) for the thread.
+    /// Closes the queue, delivers (or spills) everything in it, and waits for the thread. The
+    /// thread stops delivering at `deadline`; what is left then is in the spill.
     pub fn shutdown(mut self, deadline: Instant) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(deadline);
@@ -33,40 +61,52 @@ impl Pipeline {
 pub enum StartError {
     #[error("click sink: {0}")]
     Sink(String),
+    #[error("click spill {path}: {source}")]
+    Spill { path: String, source: std::io::Error },
 }
 
-/// Starts the pipeline thread and returns the recorder the redirect path uses.
+/// Opens the spill (counting what an earlier run left there), starts the pipeline thread and
+/// returns the recorder the redirect path uses.
 pub fn start(
     sink: &SinkSettings,
     cfg: &PipelineConfig,
+    data_dir: &Path,
     metrics: Metrics,
     edge: String,
 ) -> Result<(Recorder, Pipeline), StartError> {
-    let sink = match sink {
-        SinkSettings::File { dir } => FileSink::new(
-            dir,
-            cfg.file_max_bytes,
-            Duration::from_secs(cfg.file_max_age_s),
-            Duration::from_millis(cfg.file_fsync_ms),
-        )
-        .map_err(|e| StartError::Sink(format!("{}: {e}", dir.display())))?,
-        other => {
-            return Err(StartError::Sink(format!(
-                "{other:?} is not built yet; use a file:// sink"
-            )))
-        }
-    };
+    let sink = Sink::new(sink, cfg).map_err(StartError::Sink)?;
+    let spill_dir = data_dir.join("spill");
+    let (spill, torn) = Spill::open(
+        &spill_dir,
+        cfg.spill_max_bytes,
+        cfg.spill_segment_bytes,
+        Duration::from_millis(cfg.spill_fsync_ms),
+    )
+    .map_err(|source| StartError::Spill {
+        path: spill_dir.display().to_string(),
+        source,
+    })?;
+    let recovered = spill.records();
+    if recovered > 0 || torn > 0 {
+        tracing::info!(
+            records = recovered,
+            segments = spill.segments(),
+            torn,
+            "spill: replaying records left by an earlier run"
+        );
+    }
+    metrics.clicks_accepted.increment(recovered);
+    metrics.clicks_recovered.increment(recovered);
+    metrics.clicks_buffered.increment(recovered as f64);
+    metrics.spill_corrupt.increment(torn);
+    metrics.spill_bytes.set(spill.bytes() as f64);
+    metrics.spill_segments.set(spill.segments() as f64);
+    metrics.sink_up.set(1.0);
+
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let worker = Worker {
-        rx,
-        sink,
-        cfg: cfg.clone(),
-        metrics: metrics.clone(),
-        edge,
-        buf: Vec::new(),
-        count: 0,
-    };
+    let cfg = cfg.clone();
+    let m = metrics.clone();
     let thread = std::thread::Builder::new()
         .name("cartlink-clicks".into())
         .spawn(move || {
@@ -74,10 +114,17 @@ pub fn start(
                 .enable_all()
                 .build()
                 .expect("pipeline runtime");
-            rt.block_on(worker.run(stop_rx));
+            let shared = Shared {
+                spill: RefCell::new(spill),
+                metrics: m,
+                deadline: Cell::new(None),
+                stopping: Notify::new(),
+                wake: Notify::new(),
+                spill_failing: Cell::new(false),
+            };
+            rt.block_on(run(&shared, sink, rx, stop_rx, &cfg, &edge));
         })
         .map_err(|e| StartError::Sink(e.to_string()))?;
-    metrics.sink_up.set(1.0);
     Ok((
         Recorder::new(tx, metrics),
         Pipeline {
@@ -87,111 +134,314 @@ pub fn start(
     ))
 }
 
-struct Worker {
-    rx: mpsc::Receiver<Click>,
-    sink: FileSink,
-    cfg: PipelineConfig,
+/// State the batcher and the sender share; both run in one task on one thread.
+struct Shared {
+    spill: RefCell<Spill>,
     metrics: Metrics,
-    edge: String,
-    buf: Vec<u8>,
-    count: usize,
+    /// Set once, when shutdown starts.
+    deadline: Cell<Option<Instant>>,
+    stopping: Notify,
+    /// The batcher spilled something the sender should look at.
+    wake: Notify,
+    /// The last spill write failed (logs once per change of state, not per batch).
+    spill_failing: Cell<bool>,
 }
 
-impl Worker {
-    async fn run(mut self, mut stop: oneshot::Receiver<Instant>) {
-        let max_age = Duration::from_millis(self.cfg.batch_max_age_ms);
-        let mut oldest: Option<tokio::time::Instant> = None;
-        let mut deadline: Option<Instant> = None;
+impl Shared {
+    /// Resolves at the shutdown deadline (never while serving).
+    async fn deadline_reached(&self) {
         loop {
-            let age_flush = async {
-                match oldest {
-                    Some(t) => tokio::time::sleep_until(t + max_age).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                d = &mut stop, if deadline.is_none() => {
-                    // Sender dropped without a deadline: flush with a short one.
-                    deadline = Some(d.unwrap_or_else(|_| Instant::now() + Duration::from_secs(5)));
-                    self.rx.close();
-                }
-                msg = self.rx.recv() => match msg {
-                    Some(click) => {
-                        click.encode(&self.edge, &mut self.buf);
-                        self.count += 1;
-                        oldest.get_or_insert_with(tokio::time::Instant::now);
-                        if self.count >= self.cfg.batch_max_records || self.buf.len() >= self.cfg.batch_max_bytes {
-                            self.flush(deadline).await;
-                            oldest = None;
-                        }
-                    }
-                    None => break,
-                },
-                () = age_flush => {
-                    self.flush(deadline).await;
-                    oldest = None;
-                }
+            if let Some(d) = self.deadline.get() {
+                tokio::time::sleep_until(d.into()).await;
+                return;
             }
-        }
-        self.flush(deadline).await;
-        if let Err(e) = self.sink.close() {
-            tracing::error!(error = %e, "click sink: final sync failed");
+            self.stopping.notified().await;
         }
     }
 
-    /// Writes the batch, retrying until it lands or the shutdown deadline passes.
-    async fn flush(&mut self, deadline: Option<Instant>) {
-        if self.count == 0 {
+    fn past_deadline(&self) -> bool {
+        self.deadline.get().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Writes a batch to the spill, or counts its records as dropped.
+    fn spill_batch(&self, batch: &Batch) {
+        let n = batch.len() as u64;
+        if n == 0 {
             return;
         }
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            let started = Instant::now();
-            match self.sink.write(&self.buf) {
-                Ok(()) => {
-                    self.metrics.flush_duration.record(started.elapsed().as_secs_f64());
-                    self.metrics.batch_records.record(self.count as f64);
-                    self.metrics.clicks_delivered.increment(self.count as u64);
-                    self.metrics.clicks_buffered.decrement(self.count as f64);
-                    self.metrics.sink_up.set(1.0);
-                    break;
+        let m = &self.metrics;
+        let result = self.spill.borrow_mut().append(batch);
+        match result {
+            Ok(()) => {
+                m.clicks_spilled.increment(n);
+                if self.spill_failing.replace(false) {
+                    tracing::info!("spill: writing again");
                 }
-                Err(e) => {
-                    self.metrics.sink_errors.increment(1);
-                    self.metrics.sink_up.set(0.0);
-                    let wait = backoff.next_delay();
-                    if deadline.is_some_and(|d| Instant::now() + wait > d) {
-                        tracing::error!(error = %e, records = self.count, "click sink: giving up at shutdown; records dropped");
-                        self.metrics.clicks_dropped.sink_rejected.increment(self.count as u64);
-                        self.metrics.clicks_buffered.decrement(self.count as f64);
-                        break;
+            }
+            Err(e) => {
+                match &e {
+                    SpillError::Full => m.clicks_dropped.spill_full.increment(n),
+                    SpillError::Io(_) => {
+                        if e.kind() == "enospc" {
+                            m.spill_errors.enospc.increment(1);
+                        } else {
+                            m.spill_errors.io.increment(1);
+                        }
+                        m.clicks_dropped.spill_error.increment(n);
                     }
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "click sink: write failed");
-                    tokio::time::sleep(wait).await;
+                }
+                m.clicks_buffered.decrement(n as f64);
+                if !self.spill_failing.replace(true) {
+                    tracing::error!(error = %e, records = n, "spill: cannot take batches; dropping them (counted in cartlink_clicks_dropped_total)");
                 }
             }
         }
-        self.buf.clear();
-        self.count = 0;
+        self.gauges();
+        self.wake.notify_one();
+    }
+
+    fn gauges(&self) {
+        let s = self.spill.borrow();
+        self.metrics.spill_bytes.set(s.bytes() as f64);
+        self.metrics.spill_segments.set(s.segments() as f64);
     }
 }
 
-/// Capped exponential backoff with full jitter.
-pub struct Backoff {
-    next: Duration,
-    cap: Duration,
+async fn run(
+    sh: &Shared,
+    mut sink: Sink,
+    rx: mpsc::Receiver<Click>,
+    stop: oneshot::Receiver<Instant>,
+    cfg: &PipelineConfig,
+    edge: &str,
+) {
+    let (btx, brx) = mpsc::channel(cfg.inflight_batches);
+    tokio::join!(batcher(sh, rx, btx, stop, cfg, edge), sender(sh, &mut sink, brx, cfg));
+    sink.close();
+    let mut spill = sh.spill.borrow_mut();
+    spill.close();
+    if spill.records() > 0 {
+        tracing::warn!(
+            records = spill.records(),
+            segments = spill.segments(),
+            "stopped with clicks in the spill; they are replayed at the next start"
+        );
+    }
+    drop(spill);
+    sh.gauges();
 }
 
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { next: base, cap }
+async fn batcher(
+    sh: &Shared,
+    mut rx: mpsc::Receiver<Click>,
+    out: mpsc::Sender<Batch>,
+    mut stop: oneshot::Receiver<Instant>,
+    cfg: &PipelineConfig,
+    edge: &str,
+) {
+    let max_age = Duration::from_millis(cfg.batch_max_age_ms);
+    let watermark = cfg.queue_capacity.saturating_mul(cfg.spill_watermark_pct as usize) / 100;
+    let mut batch = Batch::new();
+    let mut oldest: Option<tokio::time::Instant> = None;
+    let mut stopped = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let flush = |batch: &mut Batch, depth: usize| {
+        let b = std::mem::take(batch);
+        if b.is_empty() {
+            return;
+        }
+        let spill_first = sh.spill.borrow().records() > 0 || depth > watermark;
+        if spill_first {
+            sh.spill_batch(&b);
+        } else if let Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) = out.try_send(b) {
+            sh.spill_batch(&b);
+        }
+    };
+    loop {
+        let age_flush = async {
+            match oldest {
+                Some(t) => tokio::time::sleep_until(t + max_age).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            d = &mut stop, if !stopped => {
+                stopped = true;
+                // Sender dropped without a deadline: flush with a short one.
+                sh.deadline.set(Some(d.unwrap_or_else(|_| Instant::now() + Duration::from_secs(5))));
+                sh.stopping.notify_waiters();
+                rx.close();
+            }
+            // Before the queue, which is always ready under load and would starve them.
+            _ = tick.tick() => {
+                sh.metrics.queue_depth.set(rx.len() as f64);
+                sh.spill.borrow_mut().maybe_sync();
+            }
+            () = age_flush => {
+                flush(&mut batch, rx.len());
+                oldest = None;
+            }
+            msg = rx.recv() => match msg {
+                Some(click) => {
+                    batch.push_click(&click, edge);
+                    oldest.get_or_insert_with(tokio::time::Instant::now);
+                    if batch.len() >= cfg.batch_max_records || batch.bytes() >= cfg.batch_max_bytes {
+                        flush(&mut batch, rx.len());
+                        oldest = None;
+                    }
+                }
+                None => break,
+            },
+        }
     }
+    flush(&mut batch, 0);
+    sh.metrics.queue_depth.set(0.0);
+    // Dropping `out` closes the in-flight channel: the sender finishes what is left.
+}
 
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        let jitter: f64 = rand::random::<f64>();
-        ceiling.mul_f64(0.5 + jitter / 2.0)
+async fn sender(sh: &Shared, sink: &mut Sink, mut rx: mpsc::Receiver<Batch>, cfg: &PipelineConfig) {
+    let mut closed = false;
+    let mut next: Option<Batch> = None;
+    'run: loop {
+        if sh.past_deadline() {
+            break;
+        }
+        // 1. In-flight batches, oldest first.
+        let batch = match next.take() {
+            Some(b) => Some(b),
+            None => match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    None
+                }
+            },
+        };
+        if let Some(b) = batch {
+            if !deliver(sh, sink, &b, false, cfg).await {
+                sh.spill_batch(&b);
+                break;
+            }
+            continue;
+        }
+        // 2. The spill, one segment at a time.
+        let seg = sh.spill.borrow_mut().oldest();
+        match seg {
+            Ok(Some(seg)) => {
+                if seg.torn {
+                    sh.metrics.spill_corrupt.increment(1);
+                    let lost = sh.spill.borrow_mut().forget_records(seg.seq, seg.records.len() as u64);
+                    sh.metrics.clicks_dropped.spill_error.increment(lost);
+                    sh.metrics.clicks_buffered.decrement(lost as f64);
+                }
+                let mut records = seg.records.iter().peekable();
+                while records.peek().is_some() {
+                    // Replay batches obey the same count and byte limits as fresh ones.
+                    let mut b = Batch::new();
+                    while let Some(r) = records.next_if(|r| {
+                        b.is_empty() || (b.len() < cfg.batch_max_records && b.bytes() + r.len() <= cfg.batch_max_bytes)
+                    }) {
+                        b.push_raw(r);
+                    }
+                    if !deliver(sh, sink, &b, true, cfg).await {
+                        // Left on disk whole; replayed at the next start (duplicates by click_id).
+                        break 'run;
+                    }
+                }
+                sh.spill.borrow_mut().ack(seg.seq);
+                sh.gauges();
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed behind our back: its records are gone; count them and move on.
+                let lost = sh.spill.borrow_mut().discard_oldest();
+                sh.metrics.spill_errors.io.increment(1);
+                sh.metrics.clicks_dropped.spill_error.increment(lost);
+                sh.metrics.clicks_buffered.decrement(lost as f64);
+                sh.gauges();
+                tracing::error!(error = %e, records = lost, "spill: a segment vanished; its records are counted as dropped");
+            }
+            Err(e) => {
+                sh.metrics.spill_errors.io.increment(1);
+                tracing::error!(error = %e, "spill: cannot read a segment; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = sh.deadline_reached() => break,
+                }
+                continue;
+            }
+        }
+        if closed {
+            break;
+        }
+        // 3. Nothing to do: wait for a batch, a spill, or the deadline.
+        tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => next = Some(b),
+                None => closed = true,
+            },
+            () = sh.wake.notified() => {}
+            () = sh.deadline_reached() => break,
+        }
+    }
+    // Past the deadline: whatever is still in flight goes to the spill.
+    rx.close();
+    if let Some(b) = next.take() {
+        sh.spill_batch(&b);
+    }
+    while let Ok(b) = rx.try_recv() {
+        sh.spill_batch(&b);
+    }
+}
+
+/// Writes one batch under the retry policy. `true` once it is acknowledged (or rejected for
+/// good, a counted drop); `false` if the shutdown deadline came first.
+async fn deliver(sh: &Shared, sink: &mut Sink, batch: &Batch, from_spill: bool, cfg: &PipelineConfig) -> bool {
+    let m = &sh.metrics;
+    let n = batch.len() as u64;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(cfg.retry_base_ms),
+        Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_base_ms)),
+    );
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = sink.send(batch) => r,
+            () = sh.deadline_reached() => return false,
+        };
+        match result {
+            Ok(()) => {
+                m.flush_duration.record(started.elapsed().as_secs_f64());
+                m.batch_records.record(n as f64);
+                m.clicks_delivered.increment(n);
+                if from_spill {
+                    m.clicks_replayed.increment(n);
+                }
+                m.clicks_buffered.decrement(n as f64);
+                m.sink_up.set(1.0);
+                return true;
+            }
+            Err(e) => {
+                m.sink_errors.get(e.kind).increment(1);
+                if !e.kind.retriable() {
+                    tracing::error!(error = %e, records = n, "click sink refused a batch for good; dropped (cartlink_clicks_dropped_total{{reason=\"sink_rejected\"}})");
+                    m.clicks_dropped.sink_rejected.increment(n);
+                    m.clicks_buffered.decrement(n as f64);
+                    return true;
+                }
+                m.sink_up.set(0.0);
+                m.sink_retries.increment(1);
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, records = n, retry_in_ms = wait.as_millis() as u64, "click sink: write failed");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = sh.deadline_reached() => return false,
+                }
+            }
+        }
     }
 }

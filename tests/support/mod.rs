@@ -351,3 +351,431 @@ pub fn query_of(url: &str) -> HashMap<String, String> {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Click pipeline support: a collector that can be told to fail, a load loop, metric sums.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Links for pipeline tests: one plain URL link, so every 302 carries `cl_click=`.
+pub const PIPELINE_LINKS: &str = "{\"id\":\"p\",\"creator\":\"jane\",\"campaign\":\"c\",\"target\":{\"type\":\"url\",\"url\":\"https://brand.example/p\"}}\n";
+
+/// What the collector does with the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Store the batch, answer 200.
+    Up,
+    /// Listener closed and every open connection dropped: connection refused.
+    Refuse,
+    /// Answer this status without storing.
+    Status(u16),
+    /// Wait this many milliseconds, then store and answer 200.
+    Delay(u64),
+    /// Store the batch, then close the connection without an answer (the answer was "lost").
+    StoreThenReset,
+    /// Read the batch, then close the connection without storing or answering.
+    ResetBeforeStore,
+}
+
+#[derive(Default)]
+struct CollectorState {
+    mode: Option<Mode>,
+    next: VecDeque<Mode>,
+    ids: Vec<String>,
+    requests: u64,
+    headers: Option<http::HeaderMap>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A real HTTP collector on 127.0.0.1 (its own runtime thread), switchable at any time.
+pub struct Collector {
+    pub addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<Mutex<CollectorState>>,
+    epoch: Arc<tokio::sync::watch::Sender<u64>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Collector {
+    pub fn start() -> Collector {
+        Collector::start_with(None)
+    }
+
+    /// A collector speaking https with the given server config.
+    pub fn start_tls(config: rustls::ServerConfig) -> Collector {
+        Collector::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Collector {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(CollectorState {
+            mode: Some(Mode::Up),
+            ..Default::default()
+        }));
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let c = Collector {
+            addr,
+            tls,
+            state,
+            epoch: Arc::new(epoch),
+            rt: Some(rt),
+        };
+        c.spawn_accept(listener);
+        c
+    }
+
+    /// `http://127.0.0.1:port/ingest`
+    pub fn url(&self) -> String {
+        format!("http://{}/ingest", self.addr)
+    }
+
+    fn spawn_accept(&self, listener: tokio::net::TcpListener) {
+        let state = self.state.clone();
+        let epoch = self.epoch.clone();
+        let tls = self.tls.clone();
+        let task = self.rt.as_ref().unwrap().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                let mut killed = epoch.subscribe();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| collector_handle(state.clone(), req));
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let serve = async move {
+                        match tls {
+                            Some(acceptor) => {
+                                let Ok(stream) = acceptor.accept(stream).await else {
+                                    return;
+                                };
+                                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                            }
+                            None => {
+                                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = killed.changed() => {}
+                    }
+                });
+            }
+        });
+        self.state.lock().unwrap().accept = Some(task);
+    }
+
+    /// Switches the collector's standing behaviour.
+    pub fn set(&self, mode: Mode) {
+        let was_refusing = {
+            let mut st = self.state.lock().unwrap();
+            let was = st.mode == Some(Mode::Refuse);
+            st.mode = Some(mode);
+            was
+        };
+        if mode == Mode::Refuse && !was_refusing {
+            if let Some(t) = self.state.lock().unwrap().accept.take() {
+                t.abort();
+            }
+            self.epoch.send_modify(|e| *e += 1);
+            // Let the aborted accept task drop its listener.
+            std::thread::sleep(Duration::from_millis(50));
+        } else if mode != Mode::Refuse && was_refusing {
+            let rt = self.rt.as_ref().unwrap();
+            let mut tries = 0;
+            let listener = loop {
+                match rt.block_on(tokio::net::TcpListener::bind(self.addr)) {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tries += 1;
+                        assert!(tries < 100, "cannot re-bind collector on {}: {e}", self.addr);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+            self.spawn_accept(listener);
+        }
+    }
+
+    /// The next `n` requests get `mode`, then the standing behaviour resumes.
+    pub fn fail_next(&self, n: usize, mode: Mode) {
+        let mut st = self.state.lock().unwrap();
+        st.next.extend(std::iter::repeat_n(mode, n));
+    }
+
+    /// Every click id stored, in arrival order, duplicates included.
+    pub fn ids(&self) -> Vec<String> {
+        self.state.lock().unwrap().ids.clone()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.lock().unwrap().requests
+    }
+
+    /// Headers of the last request.
+    pub fn last_headers(&self) -> Option<http::HeaderMap> {
+        self.state.lock().unwrap().headers.clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn collector_handle(
+    state: Arc<Mutex<CollectorState>>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::io::Error> {
+    use http_body_util::BodyExt;
+    let mode = {
+        let mut st = state.lock().unwrap();
+        st.requests += 1;
+        st.headers = Some(req.headers().clone());
+        st.next.pop_front().or(st.mode).unwrap_or(Mode::Up)
+    };
+    let gzip = req
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let text = if gzip {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut out)?;
+        out
+    } else {
+        String::from_utf8(body.to_vec()).map_err(std::io::Error::other)?
+    };
+    let store = |state: &Arc<Mutex<CollectorState>>| {
+        let mut st = state.lock().unwrap();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("collector got a bad record");
+            st.ids
+                .push(v["click_id"].as_str().expect("record without click_id").to_string());
+        }
+    };
+    let answer = |status: u16| {
+        http::Response::builder()
+            .status(status)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    match mode {
+        Mode::Up => {
+            store(&state);
+            Ok(answer(200))
+        }
+        Mode::Delay(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            store(&state);
+            Ok(answer(200))
+        }
+        Mode::Status(s) => Ok(answer(s)),
+        Mode::StoreThenReset => {
+            store(&state);
+            Err(std::io::Error::other("reset after store"))
+        }
+        Mode::ResetBeforeStore | Mode::Refuse => Err(std::io::Error::other("reset")),
+    }
+}
+
+/// Keep-alive load from a few threads, each pausing `pause` between requests; records the
+/// click id of every redirect it got.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<LoadResult>>,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Click ids of every 302 received.
+    pub ids: Vec<String>,
+    /// Answers other than 302.
+    pub non_redirects: u64,
+    /// Connections that failed (refused, closed mid-response).
+    pub conn_errors: u64,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, threads: usize, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let path = path_for("p");
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, sent, path) = (stop.clone(), sent.clone(), path.clone());
+                std::thread::spawn(move || {
+                    let mut out = LoadResult::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut conn) = Conn::open(addr) else {
+                            out.conn_errors += 1;
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            match conn.get(&path, IPHONE) {
+                                Ok(r) if r.status == 302 => {
+                                    out.ids.push(r.click_id());
+                                    sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(_) => out.non_redirects += 1,
+                                Err(_) => {
+                                    out.conn_errors += 1;
+                                    break;
+                                }
+                            }
+                            if !pause.is_zero() {
+                                std::thread::sleep(pause);
+                            }
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, sent, threads }
+    }
+
+    /// Redirects received so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = LoadResult::default();
+        for t in self.threads {
+            let r = t.join().unwrap();
+            all.ids.extend(r.ids);
+            all.non_redirects += r.non_redirects;
+            all.conn_errors += r.conn_errors;
+        }
+        all
+    }
+}
+
+/// Waits for `cond`, failing the test with `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The click-pipeline counters at one scrape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flow {
+    pub accepted: f64,
+    pub delivered: f64,
+    pub dropped: f64,
+    pub buffered: f64,
+}
+
+impl Server {
+    /// Sum of every series of `name` (all label sets); 0 if none.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let text = request(self.admin, "GET", "/metrics", &[], b"").body_text();
+        metric_sum_in(&text, name)
+    }
+
+    pub fn flow(&self) -> Flow {
+        let text = request(self.admin, "GET", "/metrics", &[], b"").body_text();
+        Flow {
+            accepted: metric_sum_in(&text, "cartlink_clicks_accepted_total"),
+            delivered: metric_sum_in(&text, "cartlink_clicks_delivered_total"),
+            dropped: metric_sum_in(&text, "cartlink_clicks_dropped_total"),
+            buffered: metric_sum_in(&text, "cartlink_clicks_buffered"),
+        }
+    }
+
+    /// Waits until nothing is buffered and asserts conservation exactly:
+    /// accepted == delivered + dropped (+ buffered, which is 0).
+    pub fn wait_at_rest(&self, within: Duration) -> Flow {
+        let mut last = self.flow();
+        wait_until("the pipeline to come to rest", within, || {
+            last = self.flow();
+            last.buffered == 0.0 && last.accepted == last.delivered + last.dropped
+        });
+        last
+    }
+}
+
+pub fn metric_sum_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = if rest.starts_with('{') {
+                &rest[rest.find('}')? + 1..]
+            } else {
+                rest
+            };
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Copies a directory tree (used to restart a server on the spill an earlier one left).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The NATS server the NATS tests use: `CARTLINK_TEST_NATS` or `127.0.0.1:4222`.
+pub fn nats_addr() -> String {
+    std::env::var("CARTLINK_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".to_string())
+}
+
+/// Says that a test was skipped, on the real stderr (not the captured one), so `cargo test`
+/// shows it even when the test passes.
+pub fn say_skipped(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Whether a NATS server is reachable at [`nats_addr`]. On a machine without one the caller
+/// skips (saying so); under CI (`CI=true`) a missing server fails the test instead.
+pub fn nats_available(test: &str) -> bool {
+    let addr = nats_addr();
+    let ok = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{test}: no NATS server at {addr}, and CI=true: NATS tests must run in CI");
+        }
+        say_skipped(
+            test,
+            &format!("no NATS server at {addr} (start `nats-server -js`; under CI=true this fails instead)"),
+        );
+    }
+    ok
+}
