@@ -107,7 +107,7 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                 move || app.reload(&process_env)
             })
             .await;
-            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Io(e.to_string()))))
+            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Other(e.to_string()))))
         }
         (Method::PUT, "/admin/links") => {
             let body = match Limited::new(req.into_body(), MAX_LINKS_BODY).collect().await {
@@ -130,7 +130,7 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                 move || app.replace_links(&text)
             })
             .await;
-            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Io(e.to_string()))))
+            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Other(e.to_string()))))
         }
         (Method::GET, p) if p.starts_with("/admin/links/") => {
             let id = &p["/admin/links/".len()..];

@@ -19,15 +19,13 @@ pub fn settings(config: &Path, explicit: bool) -> anyhow::Result<Settings> {
 pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
     let s = settings(config, explicit)?;
     let table = links::load(&s.links)?;
-    crate::state::brand_fallback(&s).map_err(anyhow::Error::msg)?;
-    if let Some(geo) = &s.geoip {
-        bail!(
-            "{}: geo databases are not supported yet (set `geoip` to empty)",
-            geo.display()
-        );
-    }
+    let view = crate::state::View::from_settings(&s).map_err(anyhow::Error::msg)?;
+    let geo = match (&view.geo, &s.geoip) {
+        (Some(db), Some(path)) => format!(", geo database {} ({})", path.display(), db.database_type()),
+        _ => String::new(),
+    };
     Ok(format!(
-        "ok: {} links in {}, sink {:?}\n",
+        "ok: {} links in {}{geo}, sink {:?}\n",
         table.len(),
         s.links.display(),
         s.sink
@@ -69,9 +67,6 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
     if s.secrets.demo_key {
         tracing::warn!("CARTLINK_SIGNING_KEYS is not set: signing with the PUBLIC DEMO KEY. Anyone can mint links. Never run this in production.");
     }
-    if s.geoip.is_some() {
-        bail!("geo databases are not supported yet (set `geoip` to empty)");
-    }
     let started = Instant::now();
     let table: LinkTable = links::load(&s.links)?;
     tracing::info!(links = table.len(), ms = started.elapsed().as_millis() as u64, file = %s.links.display(), "links loaded");
@@ -110,11 +105,13 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             tokio::spawn(watch_links(app.clone(), every));
         }
         tokio::spawn({
-            let m = app.metrics.clone();
+            let app = app.clone();
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    m.upkeep();
+                    app.metrics.upkeep();
+                    app.unique.rotate_to(crate::state::today());
+                    app.metrics.unique_fill_ratio.set(app.unique.fill_ratio());
                 }
             }
         });

@@ -27,6 +27,9 @@ pub const RELOADS: &str = "cartlink_config_reloads_total";
 pub const RELOAD_FAILURES: &str = "cartlink_config_reload_failures_total";
 pub const LINKS_LOADED: &str = "cartlink_links_loaded";
 pub const DRAINING: &str = "cartlink_draining";
+pub const CLICKS: &str = "cartlink_clicks_total";
+pub const UNIQUE_CLICKS: &str = "cartlink_unique_clicks_total";
+pub const UNIQUE_FILL: &str = "cartlink_unique_filter_fill_ratio";
 
 /// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
 /// redirect live, coarse above to still see pathological tails.
@@ -81,6 +84,10 @@ pub struct Metrics {
     pub reload_failures: Counter,
     pub links_loaded: Gauge,
     pub draining: Gauge,
+    pub human_clicks: Counter,
+    pub bot_clicks: Counter,
+    pub unique_clicks: Counter,
+    pub unique_fill_ratio: Gauge,
 }
 
 impl Metrics {
@@ -115,6 +122,18 @@ impl Metrics {
             describe_counter!(RELOAD_FAILURES, "Rejected reloads; the previous table kept serving.");
             describe_gauge!(LINKS_LOADED, "Links in the table being served.");
             describe_gauge!(DRAINING, "1 after SIGTERM, while draining.");
+            describe_counter!(
+                CLICKS,
+                "Link clicks recorded (GET), by kind: human or bot (crawlers, previews, prefetch)."
+            );
+            describe_counter!(
+                UNIQUE_CLICKS,
+                "Human clicks that were the visitor's first on that link in the window."
+            );
+            describe_gauge!(
+                UNIQUE_FILL,
+                "Share of bits set in today's unique-visitor filter; alert well before 0.5."
+            );
             let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
             let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
             let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
@@ -151,6 +170,10 @@ impl Metrics {
                 reload_failures: counter!(RELOAD_FAILURES),
                 links_loaded: gauge!(LINKS_LOADED),
                 draining: gauge!(DRAINING),
+                human_clicks: counter!(CLICKS, "kind" => "human"),
+                bot_clicks: counter!(CLICKS, "kind" => "bot"),
+                unique_clicks: counter!(UNIQUE_CLICKS),
+                unique_fill_ratio: gauge!(UNIQUE_FILL),
             }
         })
     }

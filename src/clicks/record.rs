@@ -20,6 +20,7 @@ pub enum Device {
 pub enum Served {
     Target,
     Geo,
+    Device,
     Variant(u8),
     /// Paused, expired or capped: the link's fallback (or the brand's).
     Fallback,
@@ -35,8 +36,10 @@ pub struct Click {
     pub country: Option<[u8; 2]>,
     pub device: Device,
     pub bot: bool,
-    /// `None` until the unique-visitor filter runs.
-    pub unique: Option<bool>,
+    /// First time this human was seen on this link in the filter's window; bots are never unique.
+    pub unique: bool,
+    /// The social app's in-app browser, when recognised.
+    pub app: Option<&'static str>,
     pub referer_host: Option<Box<str>>,
     /// Already anonymised: IPv4 /24, IPv6 /48.
     pub ip: IpAddr,
@@ -61,7 +64,8 @@ struct Wire<'a> {
     country: Option<&'a str>,
     device: Device,
     bot: bool,
-    unique: Option<bool>,
+    unique: bool,
+    app: Option<&'static str>,
     referer_host: Option<&'a str>,
     ip: String,
     target_type: &'static str,
@@ -101,12 +105,14 @@ impl Click {
             device: self.device,
             bot: self.bot,
             unique: self.unique,
+            app: self.app,
             referer_host: self.referer_host.as_deref(),
             ip: self.ip.to_string(),
             target_type: self.target_type.as_str(),
             served: match self.served {
                 Served::Target => "target",
                 Served::Geo => "geo",
+                Served::Device => "device",
                 Served::Variant(_) => "variant",
                 Served::Fallback => "fallback",
             },

@@ -27,6 +27,9 @@ pub struct LinkConfig {
     /// Country code (ISO 3166 alpha-2) → target.
     #[serde(default)]
     pub geo: Option<BTreeMap<String, TargetConfig>>,
+    /// Device class (`ios`, `android`, `desktop`, `other`) → target.
+    #[serde(default)]
+    pub device: Option<BTreeMap<String, TargetConfig>>,
     /// Weighted A/B targets; sticky per visitor.
     #[serde(default)]
     pub variants: Option<Vec<VariantConfig>>,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod destination;
 pub mod signature;
 
+use crate::clicks::Device;
 use config::{LinkConfig, StatusConfig, TargetConfig};
 use destination::{render, LinkParams};
 pub use destination::{Destination, TargetType, CLICK_ID_LEN, FORWARDABLE};
@@ -37,6 +38,7 @@ pub struct Link {
 struct Routes {
     /// Sorted by country code.
     geo: Box<[([u8; 2], Destination)]>,
+    device: Box<[(Device, Destination)]>,
     /// Cumulative weights (last = total) with their destinations.
     variants: Box<[(u32, Destination)]>,
     fallback: Option<Destination>,
@@ -49,6 +51,10 @@ impl Link {
     pub fn geo_target(&self, country: [u8; 2]) -> Option<&Destination> {
         let geo = &self.routes.as_ref()?.geo;
         geo.binary_search_by(|(c, _)| c.cmp(&country)).ok().map(|i| &geo[i].1)
+    }
+    pub fn device_target(&self, device: Device) -> Option<&Destination> {
+        let r = self.routes.as_ref()?;
+        r.device.iter().find(|(d, _)| *d == device).map(|(_, t)| t)
     }
     pub fn variants(&self) -> &[(u32, Destination)] {
         self.routes.as_ref().map_or(&[], |r| &r.variants)
@@ -227,6 +233,17 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         geo.push(([cc[0], cc[1]], d));
     }
     geo.sort_by_key(|(c, _)| *c);
+    let mut device = Vec::new();
+    for (name, t) in raw.device.iter().flatten() {
+        let d = match name.as_str() {
+            "ios" => Device::Ios,
+            "android" => Device::Android,
+            "desktop" => Device::Desktop,
+            "other" => Device::Other,
+            _ => return Err(format!("device key `{name}` must be ios, android, desktop or other")),
+        };
+        device.push((d, render(t, &params, true).map_err(|e| format!("device.{name}: {e}"))?));
+    }
     let mut variants = Vec::new();
     let mut total = 0u32;
     for (i, v) in raw.variants.iter().flatten().enumerate() {
@@ -287,14 +304,16 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         target,
         max_clicks: raw.max_clicks,
         clicks: AtomicU64::new(0),
-        routes: (!geo.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some()).then(|| {
-            Box::new(Routes {
-                geo: geo.into(),
-                variants: variants.into(),
-                fallback,
-                home,
-            })
-        }),
+        routes: (!geo.is_empty() || !device.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some())
+            .then(|| {
+                Box::new(Routes {
+                    geo: geo.into(),
+                    device: device.into(),
+                    variants: variants.into(),
+                    fallback,
+                    home,
+                })
+            }),
     })
 }
 
