@@ -10,6 +10,7 @@ use crate::audience::client_ip::ClientIp;
 use crate::audience::geo::GeoDb;
 use crate::audience::unique::UniqueFilter;
 use crate::clicks::Recorder;
+use crate::commerce::inventory::Inventory;
 use crate::config::{Config, CookieSettings, Env, Settings};
 use crate::links::config::TargetConfig;
 use crate::links::destination::{render, LinkParams};
@@ -73,6 +74,8 @@ pub struct App {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub unique: UniqueFilter,
+    /// Stock levels; outlives every table (links bind to it when installed).
+    pub inventory: Inventory,
     pub draining: AtomicBool,
     pub admin_token: Option<String>,
     reload: Mutex<ReloadSource>,
@@ -114,6 +117,8 @@ impl App {
     ) -> Result<App, String> {
         // Signing keys come from the environment at start-up and stay for the process's life.
         let keys = settings.secrets.keys.clone();
+        let inventory = Inventory::default();
+        table.bind_stock(&inventory);
         let snapshot = Snapshot {
             generation: 1,
             links: table,
@@ -132,6 +137,7 @@ impl App {
                 settings.unique.false_positive_rate,
                 today(),
             ),
+            inventory,
             draining: AtomicBool::new(false),
             admin_token: settings.secrets.admin_token.clone(),
             reload: Mutex::new(ReloadSource {
@@ -187,6 +193,7 @@ impl App {
     fn install(&self, src: &ReloadSource, table: LinkTable, view: Option<Arc<View>>) -> u64 {
         let old = self.state.load();
         table.inherit_counters(&old.links);
+        table.bind_stock(&self.inventory);
         let generation = old.generation + 1;
         let links = table.len();
         self.state.store(Arc::new(Snapshot {

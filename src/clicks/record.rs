@@ -44,6 +44,8 @@ pub struct Click {
     /// Already anonymised: IPv4 /24, IPv6 /48.
     pub ip: IpAddr,
     pub served: Served,
+    /// Cart items dropped or swapped for stock.
+    pub oos: Box<[u64]>,
     pub target_type: TargetType,
     pub status: u16,
     /// Under `first_click`, the earlier click this visit stays attributed to.
@@ -71,7 +73,7 @@ struct Wire<'a> {
     target_type: &'static str,
     served: &'static str,
     variant: Option<u8>,
-    oos: [u64; 0],
+    oos: &'a [u64],
     status: u16,
     attributed_to: Option<uuid::fmt::Hyphenated>,
     edge: &'a str,
@@ -120,7 +122,7 @@ impl Click {
                 Served::Variant(i) => Some(i),
                 _ => None,
             },
-            oos: [],
+            oos: &self.oos,
             status: self.status,
             attributed_to: self.attributed_to.map(|u| u.hyphenated()),
             edge,

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
     pub id: String,
@@ -36,9 +36,35 @@ pub struct LinkConfig {
     /// Human clicks, then `fallback`.
     #[serde(default)]
     pub max_clicks: Option<u64>,
+    /// What to do when a cart item is out of stock.
+    #[serde(default)]
+    pub stock: Option<StockConfig>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockConfig {
+    pub policy: StockPolicy,
+    /// Available quantity at or below this counts as out of stock (guards a spike).
+    #[serde(default)]
+    pub threshold: i64,
+    /// Item id (as a string, JSON keys are strings) → the id to send instead when it is out.
+    #[serde(default)]
+    pub substitutes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StockPolicy {
+    /// Leave out-of-stock items out of the cart (fallback when none is left).
+    Drop,
+    /// Send the configured substitute when it is in stock, else leave the item out.
+    Swap,
+    /// Any item out → the link's fallback.
+    Fallback,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UtmConfig {
     pub source: Option<String>,
@@ -55,14 +81,14 @@ pub enum StatusConfig {
     Paused,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
     pub weight: u32,
     pub target: TargetConfig,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TargetConfig {
     Url {
@@ -103,11 +129,14 @@ pub enum Platform {
     Generic,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShopifyItem {
     pub variant: u64,
     pub qty: u32,
+    /// The variant's Shopify inventory item, so `inventory_levels/update` webhooks find it.
+    #[serde(default)]
+    pub inventory_item: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +149,7 @@ pub enum ShopifyFormat {
     Buy,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WooItem {
     pub product: u64,
@@ -139,7 +168,7 @@ pub enum WooFormat {
     CheckoutLink,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BigItem {
     #[serde(default)]

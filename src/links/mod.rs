@@ -5,6 +5,7 @@
 pub mod config;
 pub mod destination;
 pub mod signature;
+pub mod stock;
 
 use crate::clicks::Device;
 use config::{LinkConfig, StatusConfig, TargetConfig};
@@ -29,6 +30,8 @@ pub struct Link {
     pub max_clicks: Option<u64>,
     /// Human clicks counted toward `max_clicks`; carried over from the previous table on reload.
     pub clicks: AtomicU64,
+    /// Cart links that watch stock.
+    pub stock: Option<Box<stock::StockRule>>,
     /// Most links have no other destination; those that do keep them out of line, so a
     /// million plain links stay small.
     routes: Option<Box<Routes>>,
@@ -143,6 +146,15 @@ impl LinkTable {
         ids.sort_unstable();
         ids
     }
+    /// Connects stock rules to the shared stock state.
+    pub fn bind_stock(&self, inventory: &crate::commerce::inventory::Inventory) {
+        for ById(link) in &self.links {
+            if let Some(rule) = &link.stock {
+                rule.bind(inventory);
+            }
+        }
+    }
+
     /// Carries `max_clicks` counters over from the table this one replaces.
     pub fn inherit_counters(&self, old: &LinkTable) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -274,8 +286,11 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         None => None,
     };
     let expires_at_ms = raw.expires_at.as_deref().map(parse_rfc3339_ms).transpose()?;
+    let stock = stock::StockRule::from_config(&raw)?.map(Box::new);
     let paused = raw.status == Some(StatusConfig::Paused);
-    let home = if fallback.is_none() && (paused || expires_at_ms.is_some() || raw.max_clicks.is_some()) {
+    let home = if fallback.is_none()
+        && (paused || expires_at_ms.is_some() || raw.max_clicks.is_some() || raw.stock.is_some())
+    {
         let t = TargetConfig::Url {
             url: destination::home_of(&raw.target),
             platform: None,
@@ -304,6 +319,7 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         target,
         max_clicks: raw.max_clicks,
         clicks: AtomicU64::new(0),
+        stock,
         routes: (!geo.is_empty() || !device.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some())
             .then(|| {
                 Box::new(Routes {

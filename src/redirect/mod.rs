@@ -14,6 +14,7 @@ use crate::clicks::Device;
 use crate::clicks::{Click, Served};
 use crate::config::CookiePolicy;
 use crate::links::destination::Extras;
+use crate::links::stock::StockOutcome;
 use crate::links::{Destination, Link, CLICK_ID_LEN, FORWARDABLE};
 use crate::state::{App, Snapshot, View};
 use bytes::Bytes;
@@ -81,7 +82,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let bot = is_head || audience::is_bot(headers);
     let device = audience::device(headers);
     let country = country(view, peer, client, headers);
-    let (dest, served) = choose(
+    let (mut dest, mut served) = choose(
         &snap,
         link,
         now_ms,
@@ -93,6 +94,28 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             headers,
         },
     );
+    // Stock: one atomic per watched item; only an out-of-stock cart is rendered here.
+    let restocked;
+    let mut oos: Box<[u64]> = Box::default();
+    if let (Served::Target, Some(rule)) = (served, &link.stock) {
+        match rule.evaluate() {
+            StockOutcome::AllInStock => {}
+            StockOutcome::Changed(d, out) => {
+                restocked = d;
+                dest = &restocked;
+                oos = out;
+            }
+            StockOutcome::Fallback(out) => {
+                dest = link
+                    .fallback()
+                    .or(snap.view.brand_fallback.as_ref())
+                    .or(link.home())
+                    .unwrap_or(dest);
+                served = Served::Fallback;
+                oos = out;
+            }
+        }
+    }
     let status = match served {
         Served::Fallback => 302,
         _ => link.redirect,
@@ -180,6 +203,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             referer_host: audience::referer_host(headers),
             ip: audience::anonymize(client),
             served,
+            oos,
             target_type: dest.target_type,
             status,
             attributed_to,

@@ -1,0 +1,3 @@
+//! Commerce: stock-aware carts, Shopify webhooks, conversions and commissions.
+
+pub mod inventory;
