@@ -49,6 +49,7 @@ impl View {
                     platform: None,
                 };
                 let params = LinkParams {
+                    link_id: "",
                     creator: "",
                     discount: None,
                     utm: &[],

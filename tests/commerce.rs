@@ -36,20 +36,20 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     // Unknown stock counts as in stock: the pre-rendered carts.
     assert_eq!(
         loc(&s, "drop").0,
-        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_click%5D={ID}"
+        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}"
     );
     // 40000000002 down to the threshold (2 counts as out).
     inventory(&s, r#"{"variant":40000000002,"available":2}"#);
     let (l, oos) = loc(&s, "drop");
     assert_eq!(
         l,
-        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_click%5D={ID}"
+        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}"
     );
     assert_eq!(oos, serde_json::json!([40000000002u64]));
     let (l, oos) = loc(&s, "swap");
     assert_eq!(
         l,
-        "https://brand.example/cart/9007199254740993:1,40000000003:2?ref=jane&attributes%5Bcl_click%5D={ID}"
+        "https://brand.example/cart/9007199254740993:1,40000000003:2?ref=jane&attributes%5Bcl_link%5D=swap&attributes%5Bcl_click%5D={ID}"
     );
     assert_eq!(oos, serde_json::json!([40000000002u64]));
     let (l, _) = loc(&s, "all-or-nothing");
@@ -58,7 +58,7 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     inventory(&s, r#"[{"variant":40000000003,"available":0}]"#);
     assert_eq!(
         loc(&s, "swap").0,
-        "https://brand.example/cart/9007199254740993:1?ref=jane&attributes%5Bcl_click%5D={ID}"
+        "https://brand.example/cart/9007199254740993:1?ref=jane&attributes%5Bcl_link%5D=swap&attributes%5Bcl_click%5D={ID}"
     );
 
     // Shopify levels for the first variant's inventory item, by location, out of order.
@@ -100,7 +100,7 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     );
     assert_eq!(
         loc(&s, "drop").0,
-        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_click%5D={ID}",
+        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}",
         "the update reached the very next redirect"
     );
     // Bad updates are refused with a reason.

@@ -36,9 +36,21 @@ pub struct LinkConfig {
     /// Human clicks, then `fallback`.
     #[serde(default)]
     pub max_clicks: Option<u64>,
+    /// The creator's commission on sales attributed to this link.
+    #[serde(default)]
+    pub commission: Option<CommissionConfig>,
     /// What to do when a cart item is out of stock.
     #[serde(default)]
     pub stock: Option<StockConfig>,
+}
+
+/// Percent of the attributed subtotal (in basis points: 1050 = 10.5 %) or a flat amount in
+/// minor units of the order's currency.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CommissionConfig {
+    RateBp(u32),
+    FlatMinor(i64),
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,6 +22,8 @@ pub struct Link {
     pub id: Box<str>,
     pub creator: Arc<str>,
     pub campaign: Arc<str>,
+    /// The creator's discount code, if any.
+    pub discount: Option<Box<str>>,
     pub paused: bool,
     /// Unix milliseconds after which the link goes to its fallback.
     pub expires_at_ms: Option<u64>,
@@ -30,6 +32,7 @@ pub struct Link {
     pub max_clicks: Option<u64>,
     /// Human clicks counted toward `max_clicks`; carried over from the previous table on reload.
     pub clicks: AtomicU64,
+    pub commission: Option<config::CommissionConfig>,
     /// Cart links that watch stock.
     pub stock: Option<Box<stock::StockRule>>,
     /// Most links have no other destination; those that do keep them out of line, so a
@@ -121,6 +124,9 @@ impl std::fmt::Display for LoadError {
 #[derive(Debug, Default)]
 pub struct LinkTable {
     links: FxHashSet<ById>,
+    /// Upper-cased discount code → the first link (in file order) that carries it, for
+    /// attributing orders that came without a click ID.
+    by_discount: FxHashMap<Box<str>, Arc<Link>>,
 }
 
 impl LinkTable {
@@ -146,6 +152,11 @@ impl LinkTable {
         ids.sort_unstable();
         ids
     }
+    /// The link a discount code belongs to (codes compare case-insensitively, as Shopify's do).
+    pub fn by_discount(&self, code: &str) -> Option<&Arc<Link>> {
+        self.by_discount.get(code.to_ascii_uppercase().as_str())
+    }
+
     /// Connects stock rules to the shared stock state.
     pub fn bind_stock(&self, inventory: &crate::commerce::inventory::Inventory) {
         for ById(link) in &self.links {
@@ -221,6 +232,7 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         clean_label(k, v, 255)?;
     }
     let params = LinkParams {
+        link_id: &raw.id,
         creator: &raw.creator,
         discount: raw.discount.as_deref(),
         utm: &utm,
@@ -287,6 +299,11 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
     };
     let expires_at_ms = raw.expires_at.as_deref().map(parse_rfc3339_ms).transpose()?;
     let stock = stock::StockRule::from_config(&raw)?.map(Box::new);
+    if let Some(config::CommissionConfig::RateBp(bp)) = raw.commission {
+        if bp > 10_000 {
+            return Err(format!("commission rate_bp {bp} is above 100 %"));
+        }
+    }
     let paused = raw.status == Some(StatusConfig::Paused);
     let home = if fallback.is_none()
         && (paused || expires_at_ms.is_some() || raw.max_clicks.is_some() || raw.stock.is_some())
@@ -320,6 +337,8 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         max_clicks: raw.max_clicks,
         clicks: AtomicU64::new(0),
         stock,
+        discount: raw.discount.as_deref().map(Into::into),
+        commission: raw.commission,
         routes: (!geo.is_empty() || !device.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some())
             .then(|| {
                 Box::new(Routes {
@@ -384,12 +403,19 @@ pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
     });
     let mut errors: Vec<LinkError> = Vec::new();
     let mut links: FxHashSet<ById> = FxHashSet::default();
+    let mut by_discount: FxHashMap<Box<str>, Arc<Link>> = FxHashMap::default();
     links.reserve(lines.len());
     for (ok, errs) in parts {
         errors.extend(errs);
         for (line, link) in ok {
             let id = link.id.clone();
-            if !links.insert(ById(Arc::new(link))) {
+            let link = Arc::new(link);
+            if let Some(code) = &link.discount {
+                by_discount
+                    .entry(code.to_ascii_uppercase().into_boxed_str())
+                    .or_insert_with(|| link.clone());
+            }
+            if !links.insert(ById(link)) {
                 // Rare: find where the id first appeared.
                 #[derive(serde::Deserialize)]
                 struct IdOnly {
@@ -419,7 +445,7 @@ pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
             reason: "no links: an empty file is refused".into(),
         }]));
     }
-    Ok(LinkTable { links })
+    Ok(LinkTable { links, by_discount })
 }
 
 /// Reads and parses a links file.

@@ -25,6 +25,7 @@ pub struct StockRule {
     pub threshold: i64,
     pub items: Vec<StockItem>,
     target: TargetConfig,
+    link_id: String,
     creator: String,
     discount: Option<String>,
     utm: Vec<(&'static str, String)>,
@@ -129,6 +130,7 @@ impl StockRule {
             threshold: cfg.threshold,
             items,
             target: raw.target.clone(),
+            link_id: raw.id.clone(),
             creator: raw.creator.clone(),
             discount: raw.discount.clone(),
             utm: super::destination::LinkParams::utm_pairs(raw.utm.as_ref())
@@ -164,6 +166,7 @@ impl StockRule {
     fn render(&self, ids: &[Option<u64>]) -> Result<Destination, String> {
         let utm: Vec<(&str, &str)> = self.utm.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let params = LinkParams {
+            link_id: &self.link_id,
             creator: &self.creator,
             discount: self.discount.as_deref(),
             utm: &utm,
