@@ -1,3 +1,5 @@
 //! Commerce: stock-aware carts, Shopify webhooks, conversions and commissions.
 
 pub mod inventory;
+pub mod money;
+pub mod webhooks;
