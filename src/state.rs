@@ -11,6 +11,7 @@ use crate::audience::geo::GeoDb;
 use crate::audience::unique::UniqueFilter;
 use crate::clicks::Recorder;
 use crate::commerce::inventory::Inventory;
+use crate::commerce::webhooks::Webhooks;
 use crate::config::{Config, CookieSettings, Env, Settings};
 use crate::links::config::TargetConfig;
 use crate::links::destination::{render, LinkParams};
@@ -77,6 +78,7 @@ pub struct App {
     pub unique: UniqueFilter,
     /// Stock levels; outlives every table (links bind to it when installed).
     pub inventory: Inventory,
+    pub webhooks: Webhooks,
     pub draining: AtomicBool,
     pub admin_token: Option<String>,
     reload: Mutex<ReloadSource>,
@@ -139,6 +141,7 @@ impl App {
                 today(),
             ),
             inventory,
+            webhooks: Webhooks::new(&settings.secrets.shopify_webhook_secrets),
             draining: AtomicBool::new(false),
             admin_token: settings.secrets.admin_token.clone(),
             reload: Mutex::new(ReloadSource {

@@ -47,7 +47,9 @@ pub struct Attribution {
 
 impl std::fmt::Debug for Webhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhooks").field("secrets", &self.secrets.len()).finish()
+        f.debug_struct("Webhooks")
+            .field("secrets", &self.secrets.len())
+            .finish()
     }
 }
 
@@ -115,7 +117,10 @@ pub enum WebhookError {
 impl Webhooks {
     pub fn new(secrets: &[String]) -> Webhooks {
         Webhooks {
-            secrets: secrets.iter().map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes())).collect(),
+            secrets: secrets
+                .iter()
+                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))
+                .collect(),
             deliveries: DashMap::new(),
             emitted: DashMap::new(),
             attributed: DashMap::new(),
@@ -131,7 +136,9 @@ impl Webhooks {
         if !self.enabled() {
             return Err(WebhookError::Disabled);
         }
-        let given = header.and_then(|h| STANDARD.decode(h.trim_ascii()).ok()).ok_or(WebhookError::Unauthorized)?;
+        let given = header
+            .and_then(|h| STANDARD.decode(h.trim_ascii()).ok())
+            .ok_or(WebhookError::Unauthorized)?;
         let mut ok = subtle::Choice::from(0);
         for key in &self.secrets {
             ok |= hmac::sign(key, body).as_ref().ct_eq(&given);
@@ -162,6 +169,11 @@ impl Webhooks {
         fresh
     }
 
+    /// Forgets a delivery that could not be applied, so Shopify's retry is not a "replay".
+    pub fn forget_delivery(&self, webhook_id: &str) {
+        self.deliveries.remove(webhook_id);
+    }
+
     fn once(&self, order: u64, what: &str, now_ms: u64) -> bool {
         let mut fresh = false;
         self.emitted.entry((order, what.into())).or_insert_with(|| {
@@ -177,18 +189,30 @@ impl Webhooks {
         }
         if self.emitted.len() > MAX_REMEMBERED {
             self.emitted.retain(|_, t| now_ms.saturating_sub(*t) <= DEDUP_TTL_MS);
-            self.attributed.retain(|k, _| self.emitted.contains_key(&(*k, "paid".into())));
+            self.attributed
+                .retain(|k, _| self.emitted.contains_key(&(*k, "paid".into())));
         }
     }
 
     /// Records for one order or refund topic; empty when already emitted.
-    pub fn order_records(&self, topic: &str, body: &[u8], table: &LinkTable, ts: &str, now_ms: u64) -> Result<Vec<Value>, WebhookError> {
+    pub fn order_records(
+        &self,
+        topic: &str,
+        body: &[u8],
+        table: &LinkTable,
+        ts: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Value>, WebhookError> {
         let bad = |e: serde_json::Error| WebhookError::BadPayload(e.to_string());
         match topic {
             "orders/paid" | "orders/cancelled" => {
                 let order: Order = serde_json::from_slice(body).map_err(bad)?;
                 let currency = order.currency.clone().unwrap_or_else(|| "USD".into());
-                let subtotal = order.current_subtotal_price.as_deref().or(order.subtotal_price.as_deref()).unwrap_or("0");
+                let subtotal = order
+                    .current_subtotal_price
+                    .as_deref()
+                    .or(order.subtotal_price.as_deref())
+                    .unwrap_or("0");
                 let subtotal = to_minor(subtotal, &currency).map_err(WebhookError::BadPayload)?;
                 let attribution = attribute(&order, table);
                 let mut out = Vec::new();
@@ -203,7 +227,15 @@ impl Webhooks {
                     if !self.once(order.id, "cancelled", now_ms) {
                         return Ok(out);
                     }
-                    out.extend(commission(order.id, "cancelled", &attribution, subtotal, &currency, -1, ts));
+                    out.extend(commission(
+                        order.id,
+                        "cancelled",
+                        &attribution,
+                        subtotal,
+                        &currency,
+                        -1,
+                        ts,
+                    ));
                 }
                 Ok(out)
             }
@@ -216,15 +248,24 @@ impl Webhooks {
                 let mut currency = String::from("USD");
                 for line in &refund.refund_line_items {
                     currency = line.subtotal_set.shop_money.currency_code.clone();
-                    basis += to_minor(&line.subtotal_set.shop_money.amount, &currency).map_err(WebhookError::BadPayload)?;
+                    basis +=
+                        to_minor(&line.subtotal_set.shop_money.amount, &currency).map_err(WebhookError::BadPayload)?;
                 }
-                let attribution = self.attributed.get(&refund.order_id).map(|a| a.clone()).unwrap_or(Attribution {
-                    how: "unknown",
-                    click_id: None,
-                    link: None,
-                });
+                let attribution = self
+                    .attributed
+                    .get(&refund.order_id)
+                    .map(|a| a.clone())
+                    .unwrap_or(Attribution {
+                        how: "unknown",
+                        click_id: None,
+                        link: None,
+                    });
                 let what = format!("refund:{}", refund.id);
-                Ok(commission(refund.order_id, &what, &attribution, basis, &currency, -1, ts).into_iter().collect())
+                Ok(
+                    commission(refund.order_id, &what, &attribution, basis, &currency, -1, ts)
+                        .into_iter()
+                        .collect(),
+                )
             }
             _ => Ok(Vec::new()),
         }
@@ -233,23 +274,39 @@ impl Webhooks {
 
 fn attribute(order: &Order, table: &LinkTable) -> Attribution {
     let attr = |name: &str| {
-        order.note_attributes.iter().find(|a| a.name == name).and_then(|a| match &a.value {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
+        order
+            .note_attributes
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| match &a.value {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
     };
     let click = attr("cl_click").filter(|c| uuid::Uuid::parse_str(c).is_ok());
     if let Some(click_id) = click {
         let link = attr("cl_link").and_then(|id| table.get(id.as_bytes()).cloned());
-        return Attribution { how: "click", click_id: Some(click_id), link };
+        return Attribution {
+            how: "click",
+            click_id: Some(click_id),
+            link,
+        };
     }
     for code in &order.discount_codes {
         if let Some(link) = table.by_discount(&code.code) {
-            return Attribution { how: "discount", click_id: None, link: Some(link.clone()) };
+            return Attribution {
+                how: "discount",
+                click_id: None,
+                link: Some(link.clone()),
+            };
         }
     }
-    Attribution { how: "none", click_id: None, link: None }
+    Attribution {
+        how: "none",
+        click_id: None,
+        link: None,
+    }
 }
 
 fn conversion(order: &Order, a: &Attribution, subtotal: i64, currency: &str, ts: &str) -> Value {
@@ -271,7 +328,15 @@ fn conversion(order: &Order, a: &Attribution, subtotal: i64, currency: &str, ts:
 }
 
 /// A commission record when the attributed link pays one; `sign` −1 claws back.
-fn commission(order: u64, what: &str, a: &Attribution, basis: i64, currency: &str, sign: i64, ts: &str) -> Option<Value> {
+fn commission(
+    order: u64,
+    what: &str,
+    a: &Attribution,
+    basis: i64,
+    currency: &str,
+    sign: i64,
+    ts: &str,
+) -> Option<Value> {
     let link = a.link.as_ref()?;
     let (amount, rule) = match link.commission? {
         CommissionConfig::RateBp(bp) => (percent_of(basis, bp), format!("rate_bp:{bp}")),
@@ -316,8 +381,14 @@ mod tests {
         let body = br#"{"id":1}"#;
         assert_eq!(w.verify(body, Some(sign("new-secret", body).as_bytes())), Ok(()));
         assert_eq!(w.verify(body, Some(sign("old-secret", body).as_bytes())), Ok(()));
-        assert_eq!(w.verify(body, Some(sign("other", body).as_bytes())), Err(WebhookError::Unauthorized));
-        assert_eq!(w.verify(br#"{"id":2}"#, Some(sign("new-secret", body).as_bytes())), Err(WebhookError::Unauthorized));
+        assert_eq!(
+            w.verify(body, Some(sign("other", body).as_bytes())),
+            Err(WebhookError::Unauthorized)
+        );
+        assert_eq!(
+            w.verify(br#"{"id":2}"#, Some(sign("new-secret", body).as_bytes())),
+            Err(WebhookError::Unauthorized)
+        );
         assert_eq!(w.verify(body, None), Err(WebhookError::Unauthorized));
         assert_eq!(Webhooks::new(&[]).verify(body, None), Err(WebhookError::Disabled));
     }
@@ -333,23 +404,45 @@ mod tests {
             5_000_000_000_000_001,
             r#""note_attributes":[{"name":"cl_click","value":"0192f3a1-7c2e-7b3d-9f00-5a1b2c3d4e5f"},{"name":"cl_link","value":"jane-kit"}],"discount_codes":[{"code":"SAM10"}],"#,
         );
-        let r = w.order_records("orders/paid", by_click.as_bytes(), &table, "t", 0).unwrap();
+        let r = w
+            .order_records("orders/paid", by_click.as_bytes(), &table, "t", 0)
+            .unwrap();
         assert_eq!(r[0]["attribution"], "click");
         assert_eq!(r[0]["order_id"], 5_000_000_000_000_001u64);
         assert_eq!(r[0]["creator"], "jane");
-        assert_eq!((r[1]["type"].as_str(), r[1]["amount_minor"].as_i64()), (Some("commission"), Some(200)));
-        assert!(w.order_records("orders/paid", by_click.as_bytes(), &table, "t", 0).unwrap().is_empty(), "once per order");
+        assert_eq!(
+            (r[1]["type"].as_str(), r[1]["amount_minor"].as_i64()),
+            (Some("commission"), Some(200))
+        );
+        assert!(
+            w.order_records("orders/paid", by_click.as_bytes(), &table, "t", 0)
+                .unwrap()
+                .is_empty(),
+            "once per order"
+        );
         let by_code = paid(2, r#""discount_codes":[{"code":"sam10"}],"#);
-        let r = w.order_records("orders/paid", by_code.as_bytes(), &table, "t", 0).unwrap();
-        assert_eq!((r[0]["attribution"].as_str(), r[1]["amount_minor"].as_i64()), (Some("discount"), Some(500)));
+        let r = w
+            .order_records("orders/paid", by_code.as_bytes(), &table, "t", 0)
+            .unwrap();
+        assert_eq!(
+            (r[0]["attribution"].as_str(), r[1]["amount_minor"].as_i64()),
+            (Some("discount"), Some(500))
+        );
         let none = paid(3, "");
         let r = w.order_records("orders/paid", none.as_bytes(), &table, "t", 0).unwrap();
         assert_eq!((r.len(), r[0]["attribution"].as_str()), (1, Some("none")));
         // Refund of 9.99 on the clicked order: 10 % → −1.00; cancellation: −2.00.
         let refund = r#"{"id":77,"order_id":5000000000000001,"refund_line_items":[{"subtotal":9.99,"subtotal_set":{"shop_money":{"amount":"9.99","currency_code":"USD"}}}]}"#;
-        let r = w.order_records("refunds/create", refund.as_bytes(), &table, "t", 0).unwrap();
-        assert_eq!((r[0]["amount_minor"].as_i64(), r[0]["creator"].as_str()), (Some(-100), Some("jane")));
-        let r = w.order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0).unwrap();
+        let r = w
+            .order_records("refunds/create", refund.as_bytes(), &table, "t", 0)
+            .unwrap();
+        assert_eq!(
+            (r[0]["amount_minor"].as_i64(), r[0]["creator"].as_str()),
+            (Some(-100), Some("jane"))
+        );
+        let r = w
+            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
+            .unwrap();
         assert_eq!(r[0]["amount_minor"], -200);
     }
 
@@ -357,10 +450,15 @@ mod tests {
     fn ten_concurrent_replays_apply_once() {
         let w = Arc::new(Webhooks::new(&["s".into()]));
         let firsts: usize = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..10).map(|_| s.spawn(|| w.first_delivery("d-1", 1000) as usize)).collect();
+            let hs: Vec<_> = (0..10)
+                .map(|_| s.spawn(|| w.first_delivery("d-1", 1000) as usize))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(firsts, 1);
-        assert!(w.first_delivery("d-1", 1000 + DEDUP_TTL_MS + 1), "remembered only for the window");
+        assert!(
+            w.first_delivery("d-1", 1000 + DEDUP_TTL_MS + 1),
+            "remembered only for the window"
+        );
     }
 }
