@@ -69,7 +69,8 @@ struct Wire<'a> {
     unique: bool,
     app: Option<&'static str>,
     referer_host: Option<&'a str>,
-    ip: String,
+    #[serde(serialize_with = "display")]
+    ip: IpAddr,
     target_type: &'static str,
     served: &'static str,
     variant: Option<u8>,
@@ -77,6 +78,43 @@ struct Wire<'a> {
     status: u16,
     attributed_to: Option<uuid::fmt::Hyphenated>,
     edge: &'a str,
+}
+
+/// Writes a value through `Display` without an intermediate `String`.
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// RFC 3339 with milliseconds; the part up to the second is formatted once per second per
+/// thread, so encoding a batch does not run the date formatter for every record.
+struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    fn cached(ts_ms: u64) -> Timestamp {
+        thread_local! {
+            static LAST: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+        }
+        let secs = ts_ms / 1000;
+        let (cached_secs, mut prefix) = LAST.get();
+        if cached_secs != secs {
+            let full = rfc3339_ms(ts_ms);
+            prefix.copy_from_slice(&full.as_bytes()[..20]);
+            LAST.set((secs, prefix));
+        }
+        let mut out = [0u8; 24];
+        out[..20].copy_from_slice(&prefix);
+        let ms = (ts_ms % 1000) as u32;
+        out[20] = b'0' + (ms / 100) as u8;
+        out[21] = b'0' + (ms / 10 % 10) as u8;
+        out[22] = b'0' + (ms % 10) as u8;
+        out[23] = b'Z';
+        Timestamp(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Built from ASCII digits and the formatter's ASCII output.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
 }
 
 /// `2026-11-27T03:35:32.123Z`
@@ -92,7 +130,8 @@ pub fn rfc3339_ms(ts_ms: u64) -> String {
 impl Click {
     /// Appends the record and a newline to `out`.
     pub fn encode(&self, edge: &str, out: &mut Vec<u8>) {
-        let ts = rfc3339_ms(self.ts_ms);
+        let ts = Timestamp::cached(self.ts_ms);
+        let ts = ts.as_str();
         let country = self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok());
         let wire = Wire {
             v: 1,
@@ -109,7 +148,7 @@ impl Click {
             unique: self.unique,
             app: self.app,
             referer_host: self.referer_host.as_deref(),
-            ip: self.ip.to_string(),
+            ip: self.ip,
             target_type: self.target_type.as_str(),
             served: match self.served {
                 Served::Target => "target",
@@ -127,6 +166,7 @@ impl Click {
             attributed_to: self.attributed_to.map(|u| u.hyphenated()),
             edge,
         };
+        debug_assert_eq!(ts, rfc3339_ms(self.ts_ms));
         // Writing into a Vec cannot fail, and every field serializes.
         serde_json::to_writer(&mut *out, &wire).expect("click record serializes");
         out.push(b'\n');
