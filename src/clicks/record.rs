@@ -137,7 +137,7 @@ impl Click {
             v: 1,
             kind: "click",
             click_id: self.click_id.hyphenated(),
-            ts: &ts,
+            ts,
             link_id: &self.link.id,
             creator: &self.link.creator,
             campaign: &self.link.campaign,
