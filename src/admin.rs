@@ -2,6 +2,7 @@
 //! `POST /admin/reload`, `PUT /admin/links`, `GET /admin/links/{id}`.
 //! Without `CARTLINK_ADMIN_TOKEN` the `/admin/*` routes answer 404.
 
+use crate::commerce::inventory::{Applied, Update};
 use crate::config::{process_env, HttpConfig};
 use crate::redirect::Body;
 use crate::state::{App, ReloadError};
@@ -107,7 +108,7 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                 move || app.reload(&process_env)
             })
             .await;
-            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Io(e.to_string()))))
+            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Other(e.to_string()))))
         }
         (Method::PUT, "/admin/links") => {
             let body = match Limited::new(req.into_body(), MAX_LINKS_BODY).collect().await {
@@ -130,7 +131,57 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                 move || app.replace_links(&text)
             })
             .await;
-            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Io(e.to_string()))))
+            reload_answer(result.unwrap_or_else(|e| Err(ReloadError::Other(e.to_string()))))
+        }
+        (Method::POST, "/admin/inventory") => {
+            let body = match Limited::new(req.into_body(), 16 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        serde_json::json!({"error": e.to_string()}),
+                    )
+                }
+            };
+            // One update or a list of them: `{"variant":V,"available":N}` or Shopify's
+            // `{"inventory_item_id":I,"location_id":L,"available":N,"updated_at":"…"}`.
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            enum Body {
+                Many(Vec<Update>),
+                One(Update),
+            }
+            let updates = match serde_json::from_slice::<Body>(&body) {
+                Ok(Body::Many(v)) => v,
+                Ok(Body::One(u)) => vec![u],
+                Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.to_string()})),
+            };
+            let (mut applied, mut stale) = (0, 0);
+            for u in &updates {
+                match app.inventory.apply(u) {
+                    Ok(Applied::Updated { .. }) => applied += 1,
+                    Ok(Applied::Stale) => stale += 1,
+                    Err(e) => {
+                        return json(
+                            StatusCode::BAD_REQUEST,
+                            serde_json::json!({"error": e, "applied": applied}),
+                        )
+                    }
+                }
+            }
+            json(StatusCode::OK, serde_json::json!({"applied": applied, "stale": stale}))
+        }
+        (Method::GET, p) if p.starts_with("/admin/inventory/") => {
+            let Ok(variant) = p["/admin/inventory/".len()..].parse::<u64>() else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "variant id must be an integer"}),
+                );
+            };
+            json(
+                StatusCode::OK,
+                serde_json::json!({"variant": variant, "available": app.inventory.available(variant)}),
+            )
         }
         (Method::GET, p) if p.starts_with("/admin/links/") => {
             let id = &p["/admin/links/".len()..];

@@ -19,15 +19,13 @@ pub fn settings(config: &Path, explicit: bool) -> anyhow::Result<Settings> {
 pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
     let s = settings(config, explicit)?;
     let table = links::load(&s.links)?;
-    crate::state::brand_fallback(&s).map_err(anyhow::Error::msg)?;
-    if let Some(geo) = &s.geoip {
-        bail!(
-            "{}: geo databases are not supported yet (set `geoip` to empty)",
-            geo.display()
-        );
-    }
+    let view = crate::state::View::from_settings(&s).map_err(anyhow::Error::msg)?;
+    let geo = match (&view.geo, &s.geoip) {
+        (Some(db), Some(path)) => format!(", geo database {} ({})", path.display(), db.database_type()),
+        _ => String::new(),
+    };
     Ok(format!(
-        "ok: {} links in {}, sink {:?}\n",
+        "ok: {} links in {}{geo}, sink {:?}\n",
         table.len(),
         s.links.display(),
         s.sink
@@ -69,9 +67,6 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
     if s.secrets.demo_key {
         tracing::warn!("CARTLINK_SIGNING_KEYS is not set: signing with the PUBLIC DEMO KEY. Anyone can mint links. Never run this in production.");
     }
-    if s.geoip.is_some() {
-        bail!("geo databases are not supported yet (set `geoip` to empty)");
-    }
     let started = Instant::now();
     let table: LinkTable = links::load(&s.links)?;
     tracing::info!(links = table.len(), ms = started.elapsed().as_millis() as u64, file = %s.links.display(), "links loaded");
@@ -98,6 +93,9 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("admin_listen {}", s.admin_listen))?;
         // One line on stdout that scripts and tests read to find the ports (either may be :0).
+        // Signal handlers first: scripts may signal as soon as they read the ports.
+        spawn_reload_on_hup(app.clone());
+        let shutdown = terminate();
         println!(
             "cartlink listening public={} admin={}",
             public.local_addr()?,
@@ -105,16 +103,17 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         );
         tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, workers, "serving");
 
-        spawn_reload_on_hup(app.clone());
         if let Some(every) = s.watch_links {
             tokio::spawn(watch_links(app.clone(), every));
         }
         tokio::spawn({
-            let m = app.metrics.clone();
+            let app = app.clone();
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    m.upkeep();
+                    app.metrics.upkeep();
+                    app.unique.rotate_to(crate::state::today());
+                    app.metrics.unique_fill_ratio.set(app.unique.fill_ratio());
                 }
             }
         });
@@ -125,7 +124,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             s.http.clone(),
             s.drain_delay,
             grace,
-            terminate(),
+            shutdown,
         )
         .await;
         anyhow::Ok(())
@@ -137,13 +136,17 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn terminate() {
+/// Registers the SIGTERM/SIGINT handlers now (before the ports are announced, so a signal
+/// sent right after start-up is never the default "terminate"), and waits in the future.
+fn terminate() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
+    async move {
+        tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }
 

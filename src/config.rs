@@ -30,6 +30,11 @@ pub struct Config {
     /// MaxMind-format country database; empty: country unknown.
     pub geoip: String,
     pub trusted_proxies: Vec<String>,
+    /// From a trusted proxy, the CDN's client-address header (`CF-Connecting-IP`,
+    /// `True-Client-IP`, `Fastly-Client-IP`); empty: use `X-Forwarded-For` / `Forwarded`.
+    pub client_ip_header: String,
+    /// From a trusted proxy, the CDN's country header; empty: the geo database only.
+    pub country_header: String,
     /// Runtime worker threads; 0: one per core.
     pub workers: usize,
     /// Instance name written into every click record; empty: the host name.
@@ -45,6 +50,26 @@ pub struct Config {
     pub drain: DrainConfig,
     pub pipeline: PipelineConfig,
     pub http: HttpConfig,
+    pub unique: UniqueConfig,
+}
+
+/// The unique-visitor filter (see `audience::unique`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UniqueConfig {
+    /// Distinct (visitor, link) pairs expected per day; sizes the filter.
+    pub expected_per_day: u64,
+    /// Target false-positive rate at that size (a repeat visitor wrongly taken as seen).
+    pub false_positive_rate: f64,
+}
+
+impl Default for UniqueConfig {
+    fn default() -> Self {
+        UniqueConfig {
+            expected_per_day: 1_000_000,
+            false_positive_rate: 0.001,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +165,8 @@ impl Default for Config {
             data_dir: "./data".into(),
             geoip: String::new(),
             trusted_proxies: Vec::new(),
+            client_ip_header: String::new(),
+            country_header: "CF-IPCountry".into(),
             workers: 0,
             edge: String::new(),
             public_base_url: "http://localhost:8080".into(),
@@ -149,6 +176,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             pipeline: PipelineConfig::default(),
             http: HttpConfig::default(),
+            unique: UniqueConfig::default(),
         }
     }
 }
@@ -264,7 +292,8 @@ pub struct Settings {
     pub sink: SinkSettings,
     pub data_dir: PathBuf,
     pub geoip: Option<PathBuf>,
-    pub trusted_proxies: Vec<String>,
+    pub client_ip: crate::audience::client_ip::ClientIp,
+    pub country_header: Option<http::HeaderName>,
     pub workers: usize,
     pub edge: String,
     pub public_base_url: url::Url,
@@ -275,6 +304,7 @@ pub struct Settings {
     pub drain_grace: Duration,
     pub pipeline: PipelineConfig,
     pub http: HttpConfig,
+    pub unique: UniqueConfig,
     pub secrets: Secrets,
 }
 
@@ -426,6 +456,20 @@ impl Config {
         if self.http.max_headers == 0 || self.http.header_read_timeout_ms == 0 {
             errs.push("http.max_headers and http.header_read_timeout_ms must be above 0".into());
         }
+        let client_ip = crate::audience::client_ip::ClientIp::new(&self.trusted_proxies, &self.client_ip_header)
+            .map_err(|e| errs.push(e))
+            .ok();
+        let country_header = match self.country_header.trim() {
+            "" => None,
+            h => http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| errs.push(format!("country_header `{h}` is not a header name")))
+                .ok(),
+        };
+        if !(self.unique.false_positive_rate > 0.0 && self.unique.false_positive_rate < 0.5)
+            || self.unique.expected_per_day == 0
+        {
+            errs.push("unique.expected_per_day must be above 0 and unique.false_positive_rate in (0, 0.5)".into());
+        }
         let secrets = load_secrets(env).map_err(|e| errs.push(e)).ok();
         if !errs.is_empty() {
             return Err(ConfigError::Invalid(errs.join("\n")));
@@ -450,7 +494,8 @@ impl Config {
             sink: sink.expect(some),
             data_dir: PathBuf::from(&self.data_dir),
             geoip: (!self.geoip.is_empty()).then(|| PathBuf::from(&self.geoip)),
-            trusted_proxies: self.trusted_proxies.clone(),
+            client_ip: client_ip.expect(some),
+            country_header,
             workers: self.workers,
             edge,
             public_base_url: public_base_url.expect(some),
@@ -466,6 +511,7 @@ impl Config {
             drain_grace: Duration::from_millis(self.drain.grace_ms),
             pipeline: self.pipeline.clone(),
             http: self.http.clone(),
+            unique: self.unique.clone(),
             secrets: secrets.expect(some),
         })
     }
@@ -513,6 +559,7 @@ fn overlay_env(value: &mut toml::Value, prefix: &str, env: Env) -> Result<(), Co
         let bad = |what: &str| ConfigError::Invalid(format!("{name}=`{text}` is not {what}"));
         *slot = match slot {
             toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?),
+            toml::Value::Float(_) => toml::Value::Float(text.trim().parse().map_err(|_| bad("a number"))?),
             toml::Value::Boolean(_) => toml::Value::Boolean(text.trim().parse().map_err(|_| bad("true or false"))?),
             toml::Value::Array(_) => toml::Value::Array(
                 text.split(',')

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod audience;
 pub mod cli;
 pub mod clicks;
+pub mod commerce;
 pub mod config;
 pub mod links;
 pub mod metrics;

@@ -36,6 +36,10 @@ pub const RELOADS: &str = "cartlink_config_reloads_total";
 pub const RELOAD_FAILURES: &str = "cartlink_config_reload_failures_total";
 pub const LINKS_LOADED: &str = "cartlink_links_loaded";
 pub const DRAINING: &str = "cartlink_draining";
+pub const CLICKS: &str = "cartlink_clicks_total";
+pub const UNIQUE_CLICKS: &str = "cartlink_unique_clicks_total";
+pub const UNIQUE_FILL: &str = "cartlink_unique_filter_fill_ratio";
+pub const WEBHOOKS: &str = "cartlink_webhooks_total";
 
 /// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
 /// redirect live, coarse above to still see pathological tails.
@@ -102,6 +106,15 @@ pub struct SpillErrors {
     pub io: Counter,
 }
 
+/// Shopify webhook deliveries by outcome.
+#[derive(Clone)]
+pub struct WebhookOutcomes {
+    pub applied: Counter,
+    pub duplicate: Counter,
+    pub unauthorized: Counter,
+    pub bad_payload: Counter,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -131,6 +144,11 @@ pub struct Metrics {
     pub reload_failures: Counter,
     pub links_loaded: Gauge,
     pub draining: Gauge,
+    pub human_clicks: Counter,
+    pub bot_clicks: Counter,
+    pub unique_clicks: Counter,
+    pub unique_fill_ratio: Gauge,
+    pub webhooks: WebhookOutcomes,
 }
 
 impl Metrics {
@@ -180,6 +198,19 @@ impl Metrics {
             describe_counter!(RELOAD_FAILURES, "Rejected reloads; the previous table kept serving.");
             describe_gauge!(LINKS_LOADED, "Links in the table being served.");
             describe_gauge!(DRAINING, "1 after SIGTERM, while draining.");
+            describe_counter!(
+                CLICKS,
+                "Link clicks recorded (GET), by kind: human or bot (crawlers, previews, prefetch)."
+            );
+            describe_counter!(
+                UNIQUE_CLICKS,
+                "Human clicks that were the visitor's first on that link in the window."
+            );
+            describe_gauge!(
+                UNIQUE_FILL,
+                "Share of bits set in today's unique-visitor filter; alert well before 0.5."
+            );
+            describe_counter!(WEBHOOKS, "Shopify webhook deliveries by outcome.");
             let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
             let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
             let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
@@ -232,6 +263,16 @@ impl Metrics {
                 reload_failures: counter!(RELOAD_FAILURES),
                 links_loaded: gauge!(LINKS_LOADED),
                 draining: gauge!(DRAINING),
+                human_clicks: counter!(CLICKS, "kind" => "human"),
+                bot_clicks: counter!(CLICKS, "kind" => "bot"),
+                unique_clicks: counter!(UNIQUE_CLICKS),
+                unique_fill_ratio: gauge!(UNIQUE_FILL),
+                webhooks: WebhookOutcomes {
+                    applied: counter!(WEBHOOKS, "outcome" => "applied"),
+                    duplicate: counter!(WEBHOOKS, "outcome" => "duplicate"),
+                    unauthorized: counter!(WEBHOOKS, "outcome" => "unauthorized"),
+                    bad_payload: counter!(WEBHOOKS, "outcome" => "bad_payload"),
+                },
             }
         })
     }

@@ -6,7 +6,12 @@
 //! the old snapshot keeps serving, `cartlink_config_reload_failures_total` counts it, and the
 //! log says why.
 
+use crate::audience::client_ip::ClientIp;
+use crate::audience::geo::GeoDb;
+use crate::audience::unique::UniqueFilter;
 use crate::clicks::Recorder;
+use crate::commerce::inventory::Inventory;
+use crate::commerce::webhooks::Webhooks;
 use crate::config::{Config, CookieSettings, Env, Settings};
 use crate::links::config::TargetConfig;
 use crate::links::destination::{render, LinkParams};
@@ -23,9 +28,46 @@ pub struct Snapshot {
     pub generation: u64,
     pub links: LinkTable,
     pub keys: Arc<KeyRing>,
-    pub cookie: CookieSettings,
-    pub brand_fallback: Option<Arc<Destination>>,
     pub edge: Arc<str>,
+    pub view: Arc<View>,
+}
+
+/// The reloadable request settings that come from the config file, not the links file.
+pub struct View {
+    pub cookie: CookieSettings,
+    pub brand_fallback: Option<Destination>,
+    pub client_ip: ClientIp,
+    pub country_header: Option<http::HeaderName>,
+    pub geo: Option<GeoDb>,
+}
+
+impl View {
+    pub fn from_settings(settings: &Settings) -> Result<View, String> {
+        let brand_fallback = match &settings.fallback {
+            Some(url) => {
+                let target = TargetConfig::Url {
+                    url: url.clone(),
+                    platform: None,
+                };
+                let params = LinkParams {
+                    link_id: "",
+                    creator: "",
+                    discount: None,
+                    utm: &[],
+                };
+                Some(render(&target, &params, false).map_err(|e| format!("fallback: {e}"))?)
+            }
+            None => None,
+        };
+        let geo = settings.geoip.as_deref().map(GeoDb::open).transpose()?;
+        Ok(View {
+            cookie: settings.cookie.clone(),
+            brand_fallback,
+            client_ip: settings.client_ip.clone(),
+            country_header: settings.country_header.clone(),
+            geo,
+        })
+    }
 }
 
 /// Shared by every connection.
@@ -33,6 +75,10 @@ pub struct App {
     pub state: ArcSwap<Snapshot>,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    pub unique: UniqueFilter,
+    /// Stock levels; outlives every table (links bind to it when installed).
+    pub inventory: Inventory,
+    pub webhooks: Webhooks,
     pub draining: AtomicBool,
     pub admin_token: Option<String>,
     reload: Mutex<ReloadSource>,
@@ -53,23 +99,14 @@ pub enum ReloadError {
     #[error("{0}")]
     Links(#[from] links::LoadError),
     #[error("{0}")]
-    Io(String),
+    Other(String),
 }
 
-pub fn brand_fallback(settings: &Settings) -> Result<Option<Arc<Destination>>, String> {
-    let Some(url) = &settings.fallback else { return Ok(None) };
-    let target = TargetConfig::Url {
-        url: url.clone(),
-        platform: None,
-    };
-    let params = LinkParams {
-        creator: "",
-        discount: None,
-        utm: &[],
-    };
-    render(&target, &params, false)
-        .map(|d| Some(Arc::new(d)))
-        .map_err(|e| format!("fallback: {e}"))
+/// Days since the Unix epoch, for the unique filter's generations.
+pub fn today() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 impl App {
@@ -83,13 +120,14 @@ impl App {
     ) -> Result<App, String> {
         // Signing keys come from the environment at start-up and stay for the process's life.
         let keys = settings.secrets.keys.clone();
+        let inventory = Inventory::default();
+        table.bind_stock(&inventory);
         let snapshot = Snapshot {
             generation: 1,
             links: table,
             keys: keys.clone(),
-            cookie: settings.cookie.clone(),
-            brand_fallback: brand_fallback(settings)?,
             edge: settings.edge.as_str().into(),
+            view: Arc::new(View::from_settings(settings)?),
         };
         metrics.config_generation.set(1.0);
         metrics.links_loaded.set(snapshot.links.len() as f64);
@@ -97,6 +135,13 @@ impl App {
             state: ArcSwap::from_pointee(snapshot),
             recorder,
             metrics,
+            unique: UniqueFilter::new(
+                settings.unique.expected_per_day,
+                settings.unique.false_positive_rate,
+                today(),
+            ),
+            inventory,
+            webhooks: Webhooks::new(&settings.secrets.shopify_webhook_secrets),
             draining: AtomicBool::new(false),
             admin_token: settings.secrets.admin_token.clone(),
             reload: Mutex::new(ReloadSource {
@@ -116,23 +161,18 @@ impl App {
         self.reload.lock().expect("reload lock").links_path.clone()
     }
 
-    /// Re-reads the config file and the links file; swaps only if both are valid.
+    /// Re-reads the config file, the links file and the geo database; swaps only if all are valid.
     pub fn reload(&self, env: Env) -> Result<u64, ReloadError> {
         let mut src = self.reload.lock().expect("reload lock");
         let result = (|| {
             let settings = Config::load(&src.config_path, src.explicit, env)?.validate(env)?;
             let table = links::load(&settings.links)?;
-            Ok::<_, ReloadError>((settings, table))
+            let view = View::from_settings(&settings).map_err(ReloadError::Other)?;
+            Ok::<_, ReloadError>((settings, table, view))
         })();
-        match result {
-            Ok((settings, table)) => {
-                src.links_path = settings.links.clone();
-                let fallback = brand_fallback(&settings).map_err(ReloadError::Io);
-                let fallback = self.counted(fallback)?;
-                Ok(self.install(&src, table, Some((settings.cookie.clone(), fallback))))
-            }
-            Err(e) => Err(self.counted::<()>(Err(e)).unwrap_err()),
-        }
+        let (settings, table, view) = self.counted(result)?;
+        src.links_path = settings.links.clone();
+        Ok(self.install(&src, table, Some(Arc::new(view))))
     }
 
     /// Replaces the table from JSON Lines text (the admin API), writing it to the links file
@@ -142,7 +182,7 @@ impl App {
         let table = self.counted(links::parse(text, "request body").map_err(ReloadError::from))?;
         let tmp = src.links_path.with_extension("jsonl.tmp");
         let write = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &src.links_path));
-        self.counted(write.map_err(|e| ReloadError::Io(format!("{}: {e}", src.links_path.display()))))?;
+        self.counted(write.map_err(|e| ReloadError::Other(format!("{}: {e}", src.links_path.display()))))?;
         Ok(self.install(&src, table, None))
     }
 
@@ -154,27 +194,18 @@ impl App {
         r
     }
 
-    fn install(
-        &self,
-        src: &ReloadSource,
-        table: LinkTable,
-        settings: Option<(CookieSettings, Option<Arc<Destination>>)>,
-    ) -> u64 {
+    fn install(&self, src: &ReloadSource, table: LinkTable, view: Option<Arc<View>>) -> u64 {
         let old = self.state.load();
         table.inherit_counters(&old.links);
-        let (cookie, brand_fallback) = match settings {
-            Some((c, f)) => (c, f),
-            None => (old.cookie.clone(), old.brand_fallback.clone()),
-        };
+        table.bind_stock(&self.inventory);
         let generation = old.generation + 1;
         let links = table.len();
         self.state.store(Arc::new(Snapshot {
             generation,
             links: table,
             keys: src.keys.clone(),
-            cookie,
-            brand_fallback,
             edge: old.edge.clone(),
+            view: view.unwrap_or_else(|| old.view.clone()),
         }));
         self.metrics.config_generation.set(generation as f64);
         self.metrics.links_loaded.set(links as f64);

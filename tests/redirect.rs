@@ -38,8 +38,8 @@ fn every_target_type_has_its_exact_location() {
     let cases = [
         ("jane-serum", "", 302, "https://brand.example/discount/JANE15?redirect=%2Fproducts%2Fserum%3Fcolor%3Dred%26utm_source%3Dinstagram%26utm_campaign%3Dsummer26%26cl_click%3D{ID}%23reviews"),
         ("plain", "", 302, "https://brand.example/p?x=1&utm_source=instagram&cl_click={ID}#top"),
-        ("kit", "", 302, "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_click%5D={ID}"),
-        ("kit-fr", "", 302, "https://brand.example/fr/cart/1:1?ref=jane&storefront=true&attributes%5Bcl_click%5D={ID}"),
+        ("kit", "", 302, "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=kit&attributes%5Bcl_click%5D={ID}"),
+        ("kit-fr", "", 302, "https://brand.example/fr/cart/1:1?ref=jane&attributes%5Bcl_link%5D=kit-fr&storefront=true&attributes%5Bcl_click%5D={ID}"),
         ("buy", "", 303, "https://brand.example/buy/18446744073709551615:3?discounts%2Fcodes%2F0=JANE15&attribution%2Fref=jane&attribution%2Futm_source=tiktok&attribution%2Fcl_click={ID}"),
         ("woo", "", 302, "https://mugs.example/?add-to-cart=123&quantity=2&variation_id=456&coupon=SAM10&cl_click={ID}"),
         ("woo-link", "", 302, "https://mugs.example/checkout-link/?products=123%3A2%2C999%3A1&coupon=SAM10&cl_click={ID}"),
@@ -47,7 +47,7 @@ fn every_target_type_has_its_exact_location() {
         ("bc-co", "", 307, "https://tees.example/checkout/?products=77%3A1%2CCAP-1%3A2&coupon=LEE5&cl_click={ID}"),
         ("paused", "", 302, "https://tees.example/waitlist?cl_click={ID}"),
         ("expired", "", 302, "https://tees.example/?cl_click={ID}"),
-        ("hostile", "", 302, "https://brand.example/cart/5:1?discount=A%26B+%231%3D2%3F&ref=j%C3%B6+%26+co%22%23&utm_source=ig+%26+fb&utm_content=a%250d%250aSet-Cookie%3A+x%3D1&attributes%5Bcl_click%5D={ID}"),
+        ("hostile", "", 302, "https://brand.example/cart/5:1?discount=A%26B+%231%3D2%3F&ref=j%C3%B6+%26+co%22%23&attributes%5Bcl_link%5D=hostile&utm_source=ig+%26+fb&utm_content=a%250d%250aSet-Cookie%3A+x%3D1&attributes%5Bcl_click%5D={ID}"),
     ];
     let mut ids = Vec::new();
     for (id, q, status, want) in cases {
@@ -94,7 +94,7 @@ fn extras_are_forwarded_but_never_override_link_params() {
     let r = get(&s, "kit", q);
     assert_eq!(
         shape(&r),
-        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_click%5D={ID}&fbclid=F%26B&ttclid=t1&utm_source=evil&utm_medium=story"
+        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=kit&attributes%5Bcl_click%5D={ID}&fbclid=F%26B&ttclid=t1&utm_source=evil&utm_medium=story"
     );
     // Pinned UTM (the link owns utm_source) is not taken from the visitor.
     let r = get(&s, "plain", "?utm_source=evil&utm_term=t%23x&gclid=g");
@@ -187,7 +187,7 @@ fn head_and_bots_are_answered_but_not_counted() {
     assert_eq!(head.status, 302);
     assert_eq!(
         head.location(),
-        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane"
+        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=kit"
     );
     assert!(head.header("set-cookie").is_none());
     for ua in [

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
     pub id: String,
@@ -27,15 +27,56 @@ pub struct LinkConfig {
     /// Country code (ISO 3166 alpha-2) → target.
     #[serde(default)]
     pub geo: Option<BTreeMap<String, TargetConfig>>,
+    /// Device class (`ios`, `android`, `desktop`, `other`) → target.
+    #[serde(default)]
+    pub device: Option<BTreeMap<String, TargetConfig>>,
     /// Weighted A/B targets; sticky per visitor.
     #[serde(default)]
     pub variants: Option<Vec<VariantConfig>>,
     /// Human clicks, then `fallback`.
     #[serde(default)]
     pub max_clicks: Option<u64>,
+    /// The creator's commission on sales attributed to this link.
+    #[serde(default)]
+    pub commission: Option<CommissionConfig>,
+    /// What to do when a cart item is out of stock.
+    #[serde(default)]
+    pub stock: Option<StockConfig>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Percent of the attributed subtotal (in basis points: 1050 = 10.5 %) or a flat amount in
+/// minor units of the order's currency.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CommissionConfig {
+    RateBp(u32),
+    FlatMinor(i64),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockConfig {
+    pub policy: StockPolicy,
+    /// Available quantity at or below this counts as out of stock (guards a spike).
+    #[serde(default)]
+    pub threshold: i64,
+    /// Item id (as a string, JSON keys are strings) → the id to send instead when it is out.
+    #[serde(default)]
+    pub substitutes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StockPolicy {
+    /// Leave out-of-stock items out of the cart (fallback when none is left).
+    Drop,
+    /// Send the configured substitute when it is in stock, else leave the item out.
+    Swap,
+    /// Any item out → the link's fallback.
+    Fallback,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UtmConfig {
     pub source: Option<String>,
@@ -52,14 +93,14 @@ pub enum StatusConfig {
     Paused,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
     pub weight: u32,
     pub target: TargetConfig,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TargetConfig {
     Url {
@@ -100,11 +141,14 @@ pub enum Platform {
     Generic,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShopifyItem {
     pub variant: u64,
     pub qty: u32,
+    /// The variant's Shopify inventory item, so `inventory_levels/update` webhooks find it.
+    #[serde(default)]
+    pub inventory_item: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +161,7 @@ pub enum ShopifyFormat {
     Buy,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WooItem {
     pub product: u64,
@@ -136,7 +180,7 @@ pub enum WooFormat {
     CheckoutLink,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BigItem {
     #[serde(default)]

@@ -95,6 +95,8 @@ impl Destination {
 
 /// What every destination of one link shares.
 pub(crate) struct LinkParams<'a> {
+    /// Written into Shopify carts (`attributes[cl_link]`) so orders name their link.
+    pub link_id: &'a str,
     pub creator: &'a str,
     pub discount: Option<&'a str>,
     pub utm: &'a [(&'static str, &'a str)],
@@ -292,6 +294,9 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                         pairs.push(("discount", code));
                     }
                     pairs.push(("ref", p.creator));
+                    if !p.link_id.is_empty() {
+                        pairs.push(("attributes[cl_link]", p.link_id));
+                    }
                     pairs.extend(utm);
                     if *storefront {
                         pairs.push(("storefront", "true"));

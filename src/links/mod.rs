@@ -5,7 +5,9 @@
 pub mod config;
 pub mod destination;
 pub mod signature;
+pub mod stock;
 
+use crate::clicks::Device;
 use config::{LinkConfig, StatusConfig, TargetConfig};
 use destination::{render, LinkParams};
 pub use destination::{Destination, TargetType, CLICK_ID_LEN, FORWARDABLE};
@@ -20,6 +22,8 @@ pub struct Link {
     pub id: Box<str>,
     pub creator: Arc<str>,
     pub campaign: Arc<str>,
+    /// The creator's discount code, if any.
+    pub discount: Option<Box<str>>,
     pub paused: bool,
     /// Unix milliseconds after which the link goes to its fallback.
     pub expires_at_ms: Option<u64>,
@@ -28,6 +32,9 @@ pub struct Link {
     pub max_clicks: Option<u64>,
     /// Human clicks counted toward `max_clicks`; carried over from the previous table on reload.
     pub clicks: AtomicU64,
+    pub commission: Option<config::CommissionConfig>,
+    /// Cart links that watch stock.
+    pub stock: Option<Box<stock::StockRule>>,
     /// Most links have no other destination; those that do keep them out of line, so a
     /// million plain links stay small.
     routes: Option<Box<Routes>>,
@@ -37,6 +44,7 @@ pub struct Link {
 struct Routes {
     /// Sorted by country code.
     geo: Box<[([u8; 2], Destination)]>,
+    device: Box<[(Device, Destination)]>,
     /// Cumulative weights (last = total) with their destinations.
     variants: Box<[(u32, Destination)]>,
     fallback: Option<Destination>,
@@ -49,6 +57,10 @@ impl Link {
     pub fn geo_target(&self, country: [u8; 2]) -> Option<&Destination> {
         let geo = &self.routes.as_ref()?.geo;
         geo.binary_search_by(|(c, _)| c.cmp(&country)).ok().map(|i| &geo[i].1)
+    }
+    pub fn device_target(&self, device: Device) -> Option<&Destination> {
+        let r = self.routes.as_ref()?;
+        r.device.iter().find(|(d, _)| *d == device).map(|(_, t)| t)
     }
     pub fn variants(&self) -> &[(u32, Destination)] {
         self.routes.as_ref().map_or(&[], |r| &r.variants)
@@ -112,6 +124,9 @@ impl std::fmt::Display for LoadError {
 #[derive(Debug, Default)]
 pub struct LinkTable {
     links: FxHashSet<ById>,
+    /// Upper-cased discount code → the first link (in file order) that carries it, for
+    /// attributing orders that came without a click ID.
+    by_discount: FxHashMap<Box<str>, Arc<Link>>,
 }
 
 impl LinkTable {
@@ -137,6 +152,20 @@ impl LinkTable {
         ids.sort_unstable();
         ids
     }
+    /// The link a discount code belongs to (codes compare case-insensitively, as Shopify's do).
+    pub fn by_discount(&self, code: &str) -> Option<&Arc<Link>> {
+        self.by_discount.get(code.to_ascii_uppercase().as_str())
+    }
+
+    /// Connects stock rules to the shared stock state.
+    pub fn bind_stock(&self, inventory: &crate::commerce::inventory::Inventory) {
+        for ById(link) in &self.links {
+            if let Some(rule) = &link.stock {
+                rule.bind(inventory);
+            }
+        }
+    }
+
     /// Carries `max_clicks` counters over from the table this one replaces.
     pub fn inherit_counters(&self, old: &LinkTable) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -203,6 +232,7 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         clean_label(k, v, 255)?;
     }
     let params = LinkParams {
+        link_id: &raw.id,
         creator: &raw.creator,
         discount: raw.discount.as_deref(),
         utm: &utm,
@@ -227,6 +257,17 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         geo.push(([cc[0], cc[1]], d));
     }
     geo.sort_by_key(|(c, _)| *c);
+    let mut device = Vec::new();
+    for (name, t) in raw.device.iter().flatten() {
+        let d = match name.as_str() {
+            "ios" => Device::Ios,
+            "android" => Device::Android,
+            "desktop" => Device::Desktop,
+            "other" => Device::Other,
+            _ => return Err(format!("device key `{name}` must be ios, android, desktop or other")),
+        };
+        device.push((d, render(t, &params, true).map_err(|e| format!("device.{name}: {e}"))?));
+    }
     let mut variants = Vec::new();
     let mut total = 0u32;
     for (i, v) in raw.variants.iter().flatten().enumerate() {
@@ -257,8 +298,16 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         None => None,
     };
     let expires_at_ms = raw.expires_at.as_deref().map(parse_rfc3339_ms).transpose()?;
+    let stock = stock::StockRule::from_config(&raw)?.map(Box::new);
+    if let Some(config::CommissionConfig::RateBp(bp)) = raw.commission {
+        if bp > 10_000 {
+            return Err(format!("commission rate_bp {bp} is above 100 %"));
+        }
+    }
     let paused = raw.status == Some(StatusConfig::Paused);
-    let home = if fallback.is_none() && (paused || expires_at_ms.is_some() || raw.max_clicks.is_some()) {
+    let home = if fallback.is_none()
+        && (paused || expires_at_ms.is_some() || raw.max_clicks.is_some() || raw.stock.is_some())
+    {
         let t = TargetConfig::Url {
             url: destination::home_of(&raw.target),
             platform: None,
@@ -287,14 +336,19 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         target,
         max_clicks: raw.max_clicks,
         clicks: AtomicU64::new(0),
-        routes: (!geo.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some()).then(|| {
-            Box::new(Routes {
-                geo: geo.into(),
-                variants: variants.into(),
-                fallback,
-                home,
-            })
-        }),
+        stock,
+        discount: raw.discount.as_deref().map(Into::into),
+        commission: raw.commission,
+        routes: (!geo.is_empty() || !device.is_empty() || !variants.is_empty() || fallback.is_some() || home.is_some())
+            .then(|| {
+                Box::new(Routes {
+                    geo: geo.into(),
+                    device: device.into(),
+                    variants: variants.into(),
+                    fallback,
+                    home,
+                })
+            }),
     })
 }
 
@@ -349,12 +403,19 @@ pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
     });
     let mut errors: Vec<LinkError> = Vec::new();
     let mut links: FxHashSet<ById> = FxHashSet::default();
+    let mut by_discount: FxHashMap<Box<str>, Arc<Link>> = FxHashMap::default();
     links.reserve(lines.len());
     for (ok, errs) in parts {
         errors.extend(errs);
         for (line, link) in ok {
             let id = link.id.clone();
-            if !links.insert(ById(Arc::new(link))) {
+            let link = Arc::new(link);
+            if let Some(code) = &link.discount {
+                by_discount
+                    .entry(code.to_ascii_uppercase().into_boxed_str())
+                    .or_insert_with(|| link.clone());
+            }
+            if !links.insert(ById(link)) {
                 // Rare: find where the id first appeared.
                 #[derive(serde::Deserialize)]
                 struct IdOnly {
@@ -384,7 +445,7 @@ pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
             reason: "no links: an empty file is refused".into(),
         }]));
     }
-    Ok(LinkTable { links })
+    Ok(LinkTable { links, by_discount })
 }
 
 /// Reads and parses a links file.

@@ -9,11 +9,14 @@
 pub mod cookie;
 
 use crate::audience;
+use crate::audience::geo;
+use crate::clicks::Device;
 use crate::clicks::{Click, Served};
 use crate::config::CookiePolicy;
 use crate::links::destination::Extras;
+use crate::links::stock::StockOutcome;
 use crate::links::{Destination, Link, CLICK_ID_LEN, FORWARDABLE};
-use crate::state::{App, Snapshot};
+use crate::state::{App, Snapshot, View};
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
@@ -72,9 +75,47 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         return not_found(app);
     };
 
+    // Who: the client behind the CDN, bot or human, device, country.
+    let view = &*snap.view;
+    let client = view.client_ip.resolve(peer, headers);
     let now_ms = now_ms();
     let bot = is_head || audience::is_bot(headers);
-    let (dest, served) = choose(&snap, link, now_ms, bot, headers, peer);
+    let device = audience::device(headers);
+    let country = country(view, peer, client, headers);
+    let (mut dest, mut served) = choose(
+        &snap,
+        link,
+        now_ms,
+        bot,
+        Visitor {
+            client,
+            device,
+            country,
+            headers,
+        },
+    );
+    // Stock: one atomic per watched item; only an out-of-stock cart is rendered here.
+    let restocked;
+    let mut oos: Box<[u64]> = Box::default();
+    if let (Served::Target, Some(rule)) = (served, &link.stock) {
+        match rule.evaluate() {
+            StockOutcome::AllInStock => {}
+            StockOutcome::Changed(d, out) => {
+                restocked = d;
+                dest = &restocked;
+                oos = out;
+            }
+            StockOutcome::Fallback(out) => {
+                dest = link
+                    .fallback()
+                    .or(snap.view.brand_fallback.as_ref())
+                    .or(link.home())
+                    .unwrap_or(dest);
+                served = Served::Fallback;
+                oos = out;
+            }
+        }
+    }
     let status = match served {
         Served::Fallback => 302,
         _ => link.redirect,
@@ -85,7 +126,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let mut attributed_to = None;
     let mut set_cookie = None;
     if !bot {
-        let c = &snap.cookie;
+        let c = &view.cookie;
         if c.policy == CookiePolicy::FirstClick {
             attributed_to =
                 cookie::read(&snap.keys, &c.name, headers, now_ms / 1000, c.window.as_secs()).map(|a| a.click_id);
@@ -137,18 +178,32 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         _ => m.outcomes.redirect.increment(1),
     }
     if !is_head {
+        let ua = headers
+            .get(http::header::USER_AGENT)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        let unique = !bot && app.unique.check_and_insert(client, ua, &link.id);
+        if bot {
+            m.bot_clicks.increment(1);
+        } else {
+            m.human_clicks.increment(1);
+            if unique {
+                m.unique_clicks.increment(1);
+            }
+        }
         app.recorder.record(Click {
             click_id,
             ts_ms: now_ms,
             link: link.clone(),
             sub,
-            country: None,
-            device: audience::device(headers),
+            country,
+            device,
             bot,
-            unique: None,
+            unique,
+            app: audience::in_app(headers),
             referer_host: audience::referer_host(headers),
-            ip: audience::anonymize(peer),
+            ip: audience::anonymize(client),
             served,
+            oos,
             target_type: dest.target_type,
             status,
             attributed_to,
@@ -167,15 +222,31 @@ fn split_token(path: &[u8]) -> Option<(&[u8], &[u8])> {
     (id_ok && sig.len() == crate::links::signature::SIG_CHARS).then_some((id, sig))
 }
 
-/// Paused, expired or capped → fallback; otherwise geo, then A/B variant, then the target.
-fn choose<'a>(
-    snap: &'a Snapshot,
-    link: &'a Link,
-    now_ms: u64,
-    bot: bool,
-    headers: &HeaderMap,
-    peer: IpAddr,
-) -> (&'a Destination, Served) {
+/// What the destination choice may depend on.
+struct Visitor<'a> {
+    client: IpAddr,
+    device: Device,
+    country: Option<[u8; 2]>,
+    headers: &'a HeaderMap,
+}
+
+/// The CDN's country header from a trusted peer, else the geo database, else unknown.
+fn country(view: &View, peer: IpAddr, client: IpAddr, headers: &HeaderMap) -> Option<[u8; 2]> {
+    if let Some(h) = &view.country_header {
+        if let Some(v) = headers.get(h) {
+            if view.client_ip.is_trusted(peer) {
+                if let Some(cc) = geo::country_code(v.as_bytes()) {
+                    return Some(cc);
+                }
+            }
+        }
+    }
+    view.geo.as_ref()?.country(client)
+}
+
+/// Paused, expired or capped → fallback; otherwise by country, then device, then A/B
+/// variant, then the target.
+fn choose<'a>(snap: &'a Snapshot, link: &'a Link, now_ms: u64, bot: bool, v: Visitor) -> (&'a Destination, Served) {
     let expired = link.expires_at_ms.is_some_and(|t| now_ms >= t);
     // Only humans count toward the cap: exactly `max_clicks` of them reach the target.
     let capped = link.max_clicks.is_some_and(|max| {
@@ -186,31 +257,46 @@ fn choose<'a>(
         }
     });
     if link.paused || expired || capped {
-        let fb = link.fallback().or(snap.brand_fallback.as_deref()).or(link.home());
+        let fb = link.fallback().or(snap.view.brand_fallback.as_ref()).or(link.home());
         return (fb.unwrap_or(&link.target), Served::Fallback);
+    }
+    if let Some(d) = v.country.and_then(|c| link.geo_target(c)) {
+        return (d, Served::Geo);
+    }
+    if let Some(d) = link.device_target(v.device) {
+        return (d, Served::Device);
     }
     let variants = link.variants();
     if !variants.is_empty() {
-        let total = variants.last().map_or(1, |(w, _)| *w);
-        let point = (visitor_hash(link, headers, peer) % u64::from(total)) as u32;
-        let i = variants.partition_point(|(w, _)| *w <= point);
+        let i = pick_variant(variants, visitor_hash(link, v.headers, v.client));
         return (&variants[i].1, Served::Variant(i as u8));
     }
     (&link.target, Served::Target)
 }
 
+/// The variant whose cumulative-weight interval holds `hash mod total`.
+fn pick_variant(variants: &[(u32, Destination)], hash: u64) -> usize {
+    let total = variants.last().map_or(1, |(w, _)| *w);
+    let point = (hash % u64::from(total)) as u32;
+    variants.partition_point(|(w, _)| *w <= point)
+}
+
 /// Sticky A/B assignment: the same visitor (address and User-Agent) gets the same variant.
-fn visitor_hash(link: &Link, headers: &HeaderMap, peer: IpAddr) -> u64 {
+fn visitor_hash(link: &Link, headers: &HeaderMap, client: IpAddr) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
-    peer.hash(&mut h);
+    client.hash(&mut h);
     headers
         .get(http::header::USER_AGENT)
         .map(HeaderValue::as_bytes)
         .hash(&mut h);
     link.id.hash(&mut h);
-    // Fx mixes poorly in the low bits; fold the high half in.
-    let x = h.finish();
-    x ^ (x >> 29).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    // Fx leaves the low bits weak; a final avalanche (splitmix64) spreads them.
+    let mut x = h.finish();
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Reads `sub` and, when `out` is given, appends the forwardable extras the link does not own.
@@ -337,5 +423,47 @@ fn health(app: &App) -> Response<Body> {
         plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         plain(StatusCode::OK, "ok\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"id":"ab","creator":"c","campaign":"k","target":{"type":"url","url":"https://a.example/"},"variants":[{"weight":70,"target":{"type":"url","url":"https://a.example/x"}},{"weight":20,"target":{"type":"url","url":"https://a.example/y"}},{"weight":10,"target":{"type":"url","url":"https://a.example/z"}}]}"#;
+
+    #[test]
+    fn ab_split_follows_weights_and_sticks() {
+        let table = crate::links::parse(LINE, "t").unwrap();
+        let link = table.get(b"ab").unwrap();
+        let mut counts = [0u32; 3];
+        let n = 100_000u32;
+        for i in 0..n {
+            let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static("Mozilla/5.0 (iPhone)"),
+            );
+            counts[pick_variant(link.variants(), visitor_hash(link, &h, ip))] += 1;
+        }
+        for (got, want) in counts.iter().zip([0.70, 0.20, 0.10]) {
+            let share = f64::from(*got) / f64::from(n);
+            assert!(
+                (share - want).abs() <= 0.02,
+                "share {share} for weight {want}: {counts:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(http::header::USER_AGENT, HeaderValue::from_static("UA"));
+        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        let first = pick_variant(link.variants(), visitor_hash(link, &h, ip));
+        for _ in 0..100 {
+            assert_eq!(
+                pick_variant(link.variants(), visitor_hash(link, &h, ip)),
+                first,
+                "sticky"
+            );
+        }
     }
 }

@@ -1,70 +1,21 @@
 //! Who is clicking, decided in memory during the request: device class, bot or human,
-//! and the anonymised client address that records carry.
+//! in-app browser, the client address behind the CDN and its anonymised form, country, and
+//! whether this human is new to the link (`unique`).
+
+pub mod bots;
+pub mod client_ip;
+pub mod geo;
+pub mod unique;
 
 use crate::clicks::Device;
-use aho_corasick::AhoCorasick;
 use http::HeaderMap;
 use std::net::IpAddr;
-use std::sync::LazyLock;
-
-/// Link-preview crawlers, search bots and scanners, matched case-insensitively anywhere in
-/// the User-Agent. Previews still get their redirect; they are never counted as clicks.
-const BOT_PATTERNS: &[&str] = &[
-    "bot",
-    "crawl",
-    "spider",
-    "slurp",
-    "facebookexternalhit",
-    "facebookcatalog",
-    "meta-externalagent",
-    "meta-externalfetcher",
-    "whatsapp",
-    "telegrambot",
-    "slackbot",
-    "slack-imgproxy",
-    "discordbot",
-    "twitterbot",
-    "linkedinbot",
-    "pinterest",
-    "embedly",
-    "skypeuripreview",
-    "iframely",
-    "vkshare",
-    "redditbot",
-    "applebot",
-    "bytespider",
-    "tiktokspider",
-    "headlesschrome",
-    "lighthouse",
-    "curl/",
-    "wget/",
-    "python-requests",
-    "python-urllib",
-    "go-http-client",
-    "okhttp/",
-    "java/",
-    "libwww-perl",
-    "httpclient",
-    "preview",
-    "scanner",
-    "monitor",
-    "proofpoint",
-    "mimecast",
-    "barracuda",
-];
-
-static BOTS: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(BOT_PATTERNS)
-        .expect("static patterns build")
-});
 
 /// True for crawlers, previews and prefetches: an empty or bot User-Agent, or a request that
 /// says it is a prefetch or preview.
 pub fn is_bot(headers: &HeaderMap) -> bool {
     let ua = headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
-    if ua.is_empty() || BOTS.is_match(ua) {
+    if ua.is_empty() || bots::BOTS.is_bot(ua) {
         return true;
     }
     let says = |name: &str, what: &[u8]| {
@@ -91,6 +42,21 @@ pub fn device(headers: &HeaderMap) -> Device {
         Device::Desktop
     } else {
         Device::Other
+    }
+}
+
+/// The in-app browser a social app opened the link in, from its User-Agent marker.
+pub fn in_app(headers: &HeaderMap) -> Option<&'static str> {
+    let ua = headers.get(http::header::USER_AGENT)?.as_bytes();
+    let has = |needle: &[u8]| memchr::memmem::find(ua, needle).is_some();
+    if has(b"Instagram") {
+        Some("instagram")
+    } else if has(b"musical_ly") || has(b"BytedanceWebview") || has(b"TikTok") || has(b"trill_") {
+        Some("tiktok")
+    } else if has(b"FBAN/") || has(b"FBAV/") || has(b"FB_IAB") {
+        Some("facebook")
+    } else {
+        None
     }
 }
 

@@ -1,0 +1,194 @@
+//! Stock state: available quantity per variant, fed by `POST /admin/inventory` (by variant, or
+//! by Shopify `inventory_item_id` + `location_id`) and by Shopify's `inventory_levels/update`
+//! webhook.
+//!
+//! A variant's availability is the sum over its locations. Each (item, location) level is
+//! applied by its `updated_at`, so late or repeated deliveries never roll stock back. Ids are
+//! u64 throughout (Shopify's exceed 2^53).
+//!
+//! The redirect path never touches a map: every link that watches a variant holds that
+//! variant's [`Slot`] (one atomic), bound when the links table is installed. Updates take the
+//! maps' shard locks and then store into the slot, so a change is visible to the very next
+//! redirect.
+
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// Availability not reported yet: treated as in stock.
+pub const UNKNOWN: i64 = i64::MIN;
+
+#[derive(Debug)]
+pub struct Slot(AtomicI64);
+
+impl Slot {
+    pub fn available(&self) -> Option<i64> {
+        match self.0.load(Ordering::Relaxed) {
+            UNKNOWN => None,
+            n => Some(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    location: u64,
+    available: i64,
+    updated_ms: u64,
+}
+
+/// What happened to one update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Newer than what was known: the variant's total changed to this.
+    Updated { variant: Option<u64>, total: i64 },
+    /// Older than (or as old as) the level already held: ignored.
+    Stale,
+}
+
+#[derive(Default)]
+pub struct Inventory {
+    slots: DashMap<u64, Arc<Slot>>,
+    /// inventory item → levels per location.
+    levels: DashMap<u64, Vec<Level>>,
+    /// inventory item → variant (Shopify: one to one), from the links file.
+    item_variant: DashMap<u64, u64>,
+}
+
+impl Inventory {
+    /// The slot of a variant, created (unknown) on first use.
+    pub fn slot(&self, variant: u64) -> Arc<Slot> {
+        self.slots
+            .entry(variant)
+            .or_insert_with(|| Arc::new(Slot(AtomicI64::new(UNKNOWN))))
+            .clone()
+    }
+
+    pub fn map_item(&self, inventory_item: u64, variant: u64) {
+        self.item_variant.insert(inventory_item, variant);
+        // Levels that arrived before the mapping count now.
+        if let Some(levels) = self.levels.get(&inventory_item) {
+            self.slot(variant)
+                .0
+                .store(levels.iter().map(|l| l.available).sum(), Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a variant's total directly (admin API, by variant).
+    pub fn set_variant(&self, variant: u64, available: i64) {
+        self.slot(variant).0.store(available, Ordering::Relaxed);
+    }
+
+    /// Applies one (item, location) level if it is newer than the one held.
+    pub fn apply_level(&self, item: u64, location: u64, available: i64, updated_ms: u64) -> Applied {
+        let total = {
+            let mut levels = self.levels.entry(item).or_default();
+            match levels.iter_mut().find(|l| l.location == location) {
+                Some(l) if l.updated_ms >= updated_ms => return Applied::Stale,
+                Some(l) => {
+                    l.available = available;
+                    l.updated_ms = updated_ms;
+                }
+                None => levels.push(Level {
+                    location,
+                    available,
+                    updated_ms,
+                }),
+            }
+            levels.iter().map(|l| l.available).sum::<i64>()
+        };
+        let variant = self.item_variant.get(&item).map(|v| *v);
+        if let Some(v) = variant {
+            self.slot(v).0.store(total, Ordering::Relaxed);
+        }
+        Applied::Updated { variant, total }
+    }
+
+    pub fn available(&self, variant: u64) -> Option<i64> {
+        self.slots.get(&variant).and_then(|s| s.available())
+    }
+}
+
+/// One update as the admin API and the Shopify webhook send it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Update {
+    /// Shopify `inventory_levels/update` shape (extra Shopify fields are ignored by the caller).
+    Level {
+        inventory_item_id: u64,
+        location_id: u64,
+        available: Option<i64>,
+        updated_at: String,
+    },
+    /// A variant's total, set directly.
+    Variant { variant: u64, available: i64 },
+}
+
+impl Inventory {
+    /// Applies one update; `Err` names what was wrong with it.
+    pub fn apply(&self, u: &Update) -> Result<Applied, String> {
+        match u {
+            Update::Variant { variant, available } => {
+                self.set_variant(*variant, *available);
+                Ok(Applied::Updated {
+                    variant: Some(*variant),
+                    total: *available,
+                })
+            }
+            Update::Level {
+                inventory_item_id,
+                location_id,
+                available,
+                updated_at,
+            } => {
+                let t = time::OffsetDateTime::parse(updated_at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| format!("updated_at `{updated_at}`: {e}"))?;
+                let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                // `available: null` (a disconnected location) counts as zero there.
+                Ok(self.apply_level(*inventory_item_id, *location_id, available.unwrap_or(0), ms))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_locations_and_never_rolls_back() {
+        let inv = Inventory::default();
+        let item = 271_878_346_596_884_015u64; // above 2^53
+        let slot = inv.slot(40_000_000_001);
+        assert_eq!(slot.available(), None);
+        inv.map_item(item, 40_000_000_001);
+        assert_eq!(
+            inv.apply_level(item, 1, 10, 1000),
+            Applied::Updated {
+                variant: Some(40_000_000_001),
+                total: 10
+            }
+        );
+        assert_eq!(
+            inv.apply_level(item, 2, 5, 1000),
+            Applied::Updated {
+                variant: Some(40_000_000_001),
+                total: 15
+            }
+        );
+        assert_eq!(inv.apply_level(item, 1, 99, 999), Applied::Stale, "late delivery");
+        assert_eq!(inv.apply_level(item, 1, 99, 1000), Applied::Stale, "repeat");
+        assert_eq!(
+            inv.apply_level(item, 1, 0, 2000),
+            Applied::Updated {
+                variant: Some(40_000_000_001),
+                total: 5
+            }
+        );
+        assert_eq!(slot.available(), Some(5), "the bound slot sees it");
+        let other = 7u64;
+        inv.apply_level(other, 1, 3, 1);
+        inv.map_item(other, 8);
+        assert_eq!(inv.available(8), Some(3), "levels before the mapping count");
+    }
+}

@@ -1,0 +1,6 @@
+//! Commerce: stock-aware carts, Shopify webhooks, conversions and commissions.
+
+pub mod http;
+pub mod inventory;
+pub mod money;
+pub mod webhooks;

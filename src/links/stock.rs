@@ -1,0 +1,204 @@
+//! Stock-aware carts. A link with a `stock` rule watches its cart items' availability; the
+//! redirect path reads one atomic per item (bound at install, see `commerce::inventory`). When
+//! all are in stock the pre-rendered cart is served as usual; otherwise the rule decides —
+//! drop the item, swap in its substitute, or send the follower to the fallback — and that rarer
+//! cart is rendered for the request.
+
+use super::config::{LinkConfig, StockPolicy, TargetConfig};
+use super::destination::{render, LinkParams};
+use super::Destination;
+use crate::commerce::inventory::{Inventory, Slot};
+use std::sync::{Arc, OnceLock};
+
+#[derive(Debug)]
+pub struct StockItem {
+    pub id: u64,
+    pub inventory_item: Option<u64>,
+    pub substitute: Option<u64>,
+    slot: OnceLock<Arc<Slot>>,
+    sub_slot: OnceLock<Arc<Slot>>,
+}
+
+#[derive(Debug)]
+pub struct StockRule {
+    pub policy: StockPolicy,
+    pub threshold: i64,
+    pub items: Vec<StockItem>,
+    target: TargetConfig,
+    link_id: String,
+    creator: String,
+    discount: Option<String>,
+    utm: Vec<(&'static str, String)>,
+}
+
+/// What the rule decided for one request.
+pub enum StockOutcome {
+    AllInStock,
+    /// A different cart, and the ids that were dropped or swapped.
+    Changed(Destination, Box<[u64]>),
+    /// Nothing sellable: the fallback, and the ids that were out.
+    Fallback(Box<[u64]>),
+}
+
+fn item_ids(target: &TargetConfig) -> Result<Vec<(u64, Option<u64>)>, String> {
+    match target {
+        TargetConfig::ShopifyCart { items, .. } => Ok(items.iter().map(|i| (i.variant, i.inventory_item)).collect()),
+        TargetConfig::WoocommerceCart { items, .. } => {
+            Ok(items.iter().map(|i| (i.variation.unwrap_or(i.product), None)).collect())
+        }
+        TargetConfig::BigcommerceCart { items, .. } => items
+            .iter()
+            .map(|i| {
+                i.product
+                    .map(|p| (p, None))
+                    .ok_or_else(|| "stock rules need `product` ids, not `sku`".to_string())
+            })
+            .collect(),
+        TargetConfig::Url { .. } => Err("a `stock` rule needs a cart target".into()),
+    }
+}
+
+/// `target` with the item at each index replaced by the given id, or left out (None).
+fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
+    let mut t = target.clone();
+    match &mut t {
+        TargetConfig::ShopifyCart { items, .. } => {
+            let kept = items.iter().zip(ids).filter_map(|(it, id)| id.map(|v| (it, v)));
+            *items = kept
+                .map(|(it, v)| super::config::ShopifyItem {
+                    variant: v,
+                    ..it.clone()
+                })
+                .collect();
+        }
+        TargetConfig::WoocommerceCart { items, .. } => {
+            let kept = items.iter().zip(ids).filter_map(|(it, id)| id.map(|v| (it, v)));
+            *items = kept
+                .map(|(it, v)| match it.variation {
+                    Some(_) => super::config::WooItem {
+                        variation: Some(v),
+                        ..it.clone()
+                    },
+                    None => super::config::WooItem {
+                        product: v,
+                        ..it.clone()
+                    },
+                })
+                .collect();
+        }
+        TargetConfig::BigcommerceCart { items, .. } => {
+            let kept = items.iter().zip(ids).filter_map(|(it, id)| id.map(|v| (it, v)));
+            *items = kept
+                .map(|(it, v)| super::config::BigItem {
+                    product: Some(v),
+                    ..it.clone()
+                })
+                .collect();
+        }
+        TargetConfig::Url { .. } => {}
+    }
+    t
+}
+
+impl StockRule {
+    pub fn from_config(raw: &LinkConfig) -> Result<Option<StockRule>, String> {
+        let Some(cfg) = &raw.stock else { return Ok(None) };
+        let ids = item_ids(&raw.target)?;
+        let mut items = Vec::with_capacity(ids.len());
+        for (id, inventory_item) in ids {
+            let substitute = match cfg.substitutes.get(&id.to_string()) {
+                Some(s) if cfg.policy == StockPolicy::Swap => Some(*s),
+                Some(_) => return Err("`substitutes` need the `swap` policy".into()),
+                None => None,
+            };
+            items.push(StockItem {
+                id,
+                inventory_item,
+                substitute,
+                slot: OnceLock::new(),
+                sub_slot: OnceLock::new(),
+            });
+        }
+        for key in cfg.substitutes.keys() {
+            if !items.iter().any(|i| i.id.to_string() == *key) {
+                return Err(format!("substitute for `{key}`, which is not an item of the cart"));
+            }
+        }
+        // Every variant a rule could produce must render; check them once now.
+        let rule = StockRule {
+            policy: cfg.policy,
+            threshold: cfg.threshold,
+            items,
+            target: raw.target.clone(),
+            link_id: raw.id.clone(),
+            creator: raw.creator.clone(),
+            discount: raw.discount.clone(),
+            utm: super::destination::LinkParams::utm_pairs(raw.utm.as_ref())
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+        };
+        let swapped: Vec<Option<u64>> = rule.items.iter().map(|i| Some(i.substitute.unwrap_or(i.id))).collect();
+        rule.render(&swapped).map_err(|e| format!("stock: {e}"))?;
+        Ok(Some(rule))
+    }
+
+    /// Connects the items to the shared stock state (and tells it which inventory item is
+    /// which variant).
+    pub fn bind(&self, inventory: &Inventory) {
+        for item in &self.items {
+            let _ = item.slot.set(inventory.slot(item.id));
+            if let Some(s) = item.substitute {
+                let _ = item.sub_slot.set(inventory.slot(s));
+            }
+            if let Some(inv_item) = item.inventory_item {
+                inventory.map_item(inv_item, item.id);
+            }
+        }
+    }
+
+    fn out(&self, slot: &OnceLock<Arc<Slot>>) -> bool {
+        slot.get()
+            .and_then(|s| s.available())
+            .is_some_and(|n| n <= self.threshold)
+    }
+
+    fn render(&self, ids: &[Option<u64>]) -> Result<Destination, String> {
+        let utm: Vec<(&str, &str)> = self.utm.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let params = LinkParams {
+            link_id: &self.link_id,
+            creator: &self.creator,
+            discount: self.discount.as_deref(),
+            utm: &utm,
+        };
+        render(&with_items(&self.target, ids), &params, true)
+    }
+
+    /// One atomic load per item when everything is in stock.
+    pub fn evaluate(&self) -> StockOutcome {
+        if !self.items.iter().any(|i| self.out(&i.slot)) {
+            return StockOutcome::AllInStock;
+        }
+        let mut oos = Vec::new();
+        let mut ids = Vec::with_capacity(self.items.len());
+        for item in &self.items {
+            if !self.out(&item.slot) {
+                ids.push(Some(item.id));
+                continue;
+            }
+            oos.push(item.id);
+            ids.push(match (self.policy, item.substitute) {
+                (StockPolicy::Swap, Some(s)) if !self.out(&item.sub_slot) => Some(s),
+                _ => None,
+            });
+        }
+        if self.policy == StockPolicy::Fallback || ids.iter().all(Option::is_none) {
+            return StockOutcome::Fallback(oos.into());
+        }
+        match self.render(&ids) {
+            Ok(dest) => StockOutcome::Changed(dest, oos.into()),
+            // A single-item format cannot carry what is left: the fallback is the honest answer.
+            Err(_) => StockOutcome::Fallback(oos.into()),
+        }
+    }
+}

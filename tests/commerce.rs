@@ -1,0 +1,115 @@
+//! Stock-aware carts over real sockets: each policy's exact `Location`, the record's `oos`,
+//! updates by variant and by Shopify (item, location) levels, out of order and repeated.
+
+mod support;
+use support::*;
+
+// Variant ids above 2^53; inventory item ids too.
+const LINKS: &str = r#"{"id":"drop","creator":"jane","campaign":"s","discount":"JANE15","target":{"type":"shopify_cart","shop":"brand.example","items":[{"variant":9007199254740993,"qty":1,"inventory_item":271878346596884015},{"variant":40000000002,"qty":2}]},"stock":{"policy":"drop","threshold":2},"fallback":"https://brand.example/waitlist"}
+{"id":"swap","creator":"jane","campaign":"s","target":{"type":"shopify_cart","shop":"brand.example","items":[{"variant":9007199254740993,"qty":1},{"variant":40000000002,"qty":2}]},"stock":{"policy":"swap","threshold":2,"substitutes":{"40000000002":40000000003}}}
+{"id":"all-or-nothing","creator":"jane","campaign":"s","target":{"type":"woocommerce_cart","format":"checkout_link","shop":"mugs.example","items":[{"product":123,"qty":1},{"product":40000000002,"qty":1}]},"stock":{"policy":"fallback","threshold":2},"fallback":"https://mugs.example/waitlist"}
+"#;
+
+fn loc(s: &Server, id: &str) -> (String, serde_json::Value) {
+    let r = s.get(&path_for(id), &[("User-Agent", IPHONE)]);
+    assert_eq!(r.status, 302, "{r:?}");
+    let click = r.click_id();
+    let shape = r.location().replace(&click, "{ID}");
+    let rec = loop {
+        if let Some(rec) = s.clicks().into_iter().find(|c| c["click_id"] == click.as_str()) {
+            break rec;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (shape, rec["oos"].clone())
+}
+
+fn inventory(s: &Server, body: &str) -> serde_json::Value {
+    let r = s.admin("POST", "/admin/inventory", body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[test]
+fn each_stock_policy_sends_the_follower_somewhere_sellable() {
+    let s = Server::start("commerce-stock", LINKS, &[]);
+    // Unknown stock counts as in stock: the pre-rendered carts.
+    assert_eq!(
+        loc(&s, "drop").0,
+        "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}"
+    );
+    // 40000000002 down to the threshold (2 counts as out).
+    inventory(&s, r#"{"variant":40000000002,"available":2}"#);
+    let (l, oos) = loc(&s, "drop");
+    assert_eq!(
+        l,
+        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}"
+    );
+    assert_eq!(oos, serde_json::json!([40000000002u64]));
+    let (l, oos) = loc(&s, "swap");
+    assert_eq!(
+        l,
+        "https://brand.example/cart/9007199254740993:1,40000000003:2?ref=jane&attributes%5Bcl_link%5D=swap&attributes%5Bcl_click%5D={ID}"
+    );
+    assert_eq!(oos, serde_json::json!([40000000002u64]));
+    let (l, _) = loc(&s, "all-or-nothing");
+    assert_eq!(l, "https://mugs.example/waitlist?cl_click={ID}");
+    // The substitute runs out too: the swap link drops the item.
+    inventory(&s, r#"[{"variant":40000000003,"available":0}]"#);
+    assert_eq!(
+        loc(&s, "swap").0,
+        "https://brand.example/cart/9007199254740993:1?ref=jane&attributes%5Bcl_link%5D=swap&attributes%5Bcl_click%5D={ID}"
+    );
+
+    // Shopify levels for the first variant's inventory item, by location, out of order.
+    let level = |loc_id: u64, n: i64, at: &str| {
+        format!(
+            r#"{{"inventory_item_id":271878346596884015,"location_id":{loc_id},"available":{n},"updated_at":"{at}","admin_graphql_api_id":"gid://shopify/InventoryLevel/{loc_id}?inventory_item_id=271878346596884015"}}"#
+        )
+    };
+    let v = inventory(
+        &s,
+        &format!(
+            "[{},{}]",
+            level(1, 1, "2026-11-27T10:00:00Z"),
+            level(2, 1, "2026-11-27T10:00:00Z")
+        ),
+    );
+    assert_eq!(v["applied"], 2);
+    let (l, oos) = loc(&s, "drop");
+    assert_eq!(
+        l, "https://brand.example/waitlist?cl_click={ID}",
+        "both items out (1+1 ≤ 2): fallback"
+    );
+    assert_eq!(oos, serde_json::json!([9007199254740993u64, 40000000002u64]));
+    // A newer level restocks; a late, older delivery and a repeat do not roll it back.
+    inventory(&s, &level(1, 40, "2026-11-27T10:05:00Z"));
+    let v = inventory(
+        &s,
+        &format!(
+            "[{},{}]",
+            level(1, 0, "2026-11-27T10:01:00Z"),
+            level(1, 40, "2026-11-27T10:05:00Z")
+        ),
+    );
+    assert_eq!((v["applied"].as_u64(), v["stale"].as_u64()), (Some(0), Some(2)));
+    let r = s.admin("GET", "/admin/inventory/9007199254740993", b"");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["available"],
+        41
+    );
+    assert_eq!(
+        loc(&s, "drop").0,
+        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}",
+        "the update reached the very next redirect"
+    );
+    // Bad updates are refused with a reason.
+    let r = s.admin("POST", "/admin/inventory", br#"{"variant":1.5,"available":1}"#);
+    assert_eq!(r.status, 400);
+    // A reload keeps stock state.
+    assert_eq!(s.admin("POST", "/admin/reload", b"").status, 200);
+    assert_eq!(
+        loc(&s, "all-or-nothing").0,
+        "https://mugs.example/waitlist?cl_click={ID}"
+    );
+}
