@@ -2,7 +2,7 @@
 //! offset of each record so sinks that publish per record (NATS) and the spill (which frames
 //! each record) can split it without parsing.
 
-use super::Click;
+use super::{Click, Record};
 
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
@@ -18,6 +18,13 @@ impl Batch {
     pub fn push_click(&mut self, click: &Click, edge: &str) {
         click.encode(edge, &mut self.data);
         self.ends.push(self.data.len());
+    }
+
+    pub fn push(&mut self, record: &Record, edge: &str) {
+        match record {
+            Record::Click(c) => self.push_click(c, edge),
+            Record::Encoded(line) => self.push_raw(line),
+        }
     }
 
     /// Adds one already-encoded record (with its newline).
@@ -54,11 +61,26 @@ impl Batch {
     }
 }
 
-/// The `click_id` of an encoded record (the 36 characters after `"click_id":"`).
+/// The `click_id` of an encoded click (the 36 characters after `"click_id":"`).
 pub fn click_id_of(record: &[u8]) -> Option<&str> {
     const KEY: &[u8] = b"\"click_id\":\"";
     let at = memchr::memmem::find(record, KEY)? + KEY.len();
     std::str::from_utf8(record.get(at..at + 36)?).ok()
+}
+
+/// A record's own id: the value of `"<type>_id"` (`click_id` for clicks, `conversion_id`,
+/// `commission_id`…), whatever the field order.
+pub fn record_id_of(record: &[u8]) -> Option<&str> {
+    const TYPE: &[u8] = b"\"type\":\"";
+    let t = memchr::memmem::find(record, TYPE)? + TYPE.len();
+    let t_end = t + memchr::memchr(b'"', &record[t..])?;
+    let mut key = Vec::with_capacity(t_end - t + 8);
+    key.push(b'"');
+    key.extend_from_slice(&record[t..t_end]);
+    key.extend_from_slice(b"_id\":\"");
+    let at = memchr::memmem::find(record, &key)? + key.len();
+    let end = at + memchr::memchr(b'"', &record[at..])?;
+    std::str::from_utf8(&record[at..end]).ok()
 }
 
 #[cfg(test)]
@@ -71,6 +93,9 @@ mod tests {
         b.push_raw(b"{\"v\":1,\"click_id\":\"0190c4f2-0000-7000-8000-000000000001\"}\n");
         b.push_raw(b"{\"click_id\":\"0190c4f2-0000-7000-8000-000000000002\",\"x\":1}\n");
         let ids: Vec<_> = b.records().map(|r| click_id_of(r).unwrap()).collect();
+        let conv = br#"{"amount":1,"click_id":"0190c4f2-0000-7000-8000-000000000001","conversion_id":"shopify:42","type":"conversion"}"#;
+        assert_eq!(record_id_of(conv), Some("shopify:42"));
+        assert_eq!(record_id_of(b"{\"v\":1,\"type\":\"click\",\"click_id\":\"abc\"}"), Some("abc"));
         assert_eq!(
             ids,
             [

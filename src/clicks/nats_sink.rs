@@ -9,7 +9,7 @@
 //! created if missing, on first connect. The connection is made lazily: a server that is down at
 //! start-up is a sink that is down (retried, spilled), not a failed start.
 
-use super::batch::{click_id_of, Batch};
+use super::batch::{record_id_of, Batch};
 use super::retry::{ErrorKind, SinkError};
 use crate::config::PipelineConfig;
 use async_nats::jetstream::{self, context::Publish, stream};
@@ -77,7 +77,7 @@ impl NatsSink {
         for record in batch.records() {
             let payload = record.strip_suffix(b"\n").unwrap_or(record);
             let mut publish = Publish::build().payload(Bytes::copy_from_slice(payload));
-            if let Some(id) = click_id_of(record) {
+            if let Some(id) = record_id_of(record) {
                 publish = publish.message_id(id);
             }
             let ack = js
