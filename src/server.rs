@@ -8,9 +8,11 @@
 //! The admin listener stays up until the end so metrics can be scraped during the drain.
 
 use crate::admin;
+use crate::commerce;
 use crate::config::HttpConfig;
 use crate::redirect::{self, Body};
 use crate::state::App;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
@@ -25,7 +27,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// The public service: synchronous, so its future is `Ready` and nothing is boxed.
+type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// The public service: redirects are synchronous, so their future is `Ready` and nothing is
+/// boxed; only webhook POSTs (which read a body) take the boxed, async path.
 #[derive(Clone)]
 struct Public {
     app: Arc<App>,
@@ -35,16 +40,20 @@ struct Public {
 impl Service<Request<Incoming>> for Public {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<Body>, Infallible>>;
+    type Future = Either<Ready<Result<Response<Body>, Infallible>>, BoxedAnswer>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(redirect::handle(
+        if req.method() == hyper::Method::POST && req.uri().path().starts_with("/webhooks/") {
+            let app = self.app.clone();
+            return Either::Right(Box::pin(async move { Ok(commerce::http::serve(app, req).await) }));
+        }
+        Either::Left(ready(Ok(redirect::handle(
             &self.app,
             req.method(),
             req.uri(),
             req.headers(),
             self.peer,
-        )))
+        ))))
     }
 }
 

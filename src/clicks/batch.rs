@@ -95,7 +95,10 @@ mod tests {
         let ids: Vec<_> = b.records().map(|r| click_id_of(r).unwrap()).collect();
         let conv = br#"{"amount":1,"click_id":"0190c4f2-0000-7000-8000-000000000001","conversion_id":"shopify:42","type":"conversion"}"#;
         assert_eq!(record_id_of(conv), Some("shopify:42"));
-        assert_eq!(record_id_of(b"{\"v\":1,\"type\":\"click\",\"click_id\":\"abc\"}"), Some("abc"));
+        assert_eq!(
+            record_id_of(b"{\"v\":1,\"type\":\"click\",\"click_id\":\"abc\"}"),
+            Some("abc")
+        );
         assert_eq!(
             ids,
             [

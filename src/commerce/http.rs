@@ -19,6 +19,24 @@ fn answer(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
+/// Reads the body (at most [`MAX_BODY`]) and handles the delivery; records go to the sink.
+pub async fn serve(app: std::sync::Arc<App>, req: hyper::Request<hyper::body::Incoming>) -> Response<Body> {
+    use http_body_util::{BodyExt, Limited};
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            app.metrics.webhooks.bad_payload.increment(1);
+            return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+        }
+    };
+    let edge = app.state.load().edge.clone();
+    shopify(&app, parts.uri.path(), &parts.headers, &body, &mut |mut record| {
+        record["edge"] = serde_json::Value::from(&*edge);
+        app.recorder.emit(&record);
+    })
+}
+
 /// Handles one verified-or-not delivery; `emit` receives the records to send to the sink.
 pub fn shopify(
     app: &App,

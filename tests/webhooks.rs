@@ -1,0 +1,261 @@
+//! Shopify webhooks against a running server: verification (rotation, one changed byte),
+//! replays (ten at once apply once), oversized bodies, conversions attributed three ways,
+//! commissions to the cent with clawbacks, and inventory levels reaching redirects.
+
+mod support;
+use base64::Engine;
+use ring::hmac;
+use support::*;
+
+const LINKS: &str = r#"{"id":"kit","creator":"jane","campaign":"s26","discount":"JANE15","target":{"type":"shopify_cart","shop":"brand.example","items":[{"variant":9007199254740993,"qty":1,"inventory_item":271878346596884015}]},"commission":{"rate_bp":1000},"stock":{"policy":"fallback","threshold":0},"fallback":"https://brand.example/waitlist"}
+{"id":"sam","creator":"sam","campaign":"mugs","discount":"SAM10","target":{"type":"url","url":"https://mugs.example/"},"commission":{"flat_minor":500}}
+"#;
+
+fn sig(secret: &str, body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body).as_ref())
+}
+
+fn deliver(s: &Server, path: &str, topic: &str, id: &str, body: &[u8], secret: &str) -> u16 {
+    let mac = sig(secret, body);
+    request(
+        s.public,
+        "POST",
+        path,
+        &[
+            ("X-Shopify-Topic", topic),
+            ("X-Shopify-Webhook-Id", id),
+            ("X-Shopify-Hmac-Sha256", &mac),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .status
+}
+
+fn records_of(s: &Server, kind: &str) -> Vec<serde_json::Value> {
+    s.clicks().into_iter().filter(|r| r["type"] == kind).collect()
+}
+
+fn settle(s: &Server) {
+    // The pipeline writes within a few batch ages; wait until accepted == delivered.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.metric("cartlink_clicks_accepted_total") != s.metric("cartlink_clicks_delivered_total") {
+        assert!(std::time::Instant::now() < end, "pipeline did not settle");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn orders_become_conversions_and_commissions_exactly_once() {
+    let s = Server::start(
+        "webhooks",
+        LINKS,
+        &[("CARTLINK_SHOPIFY_WEBHOOK_SECRETS", "new-secret,old-secret")],
+    );
+    let click = s.get(&path_for("kit"), &[("User-Agent", IPHONE)]).click_id();
+    let order = |id: u64, attrs: &str, codes: &str| {
+        format!(
+            r#"{{"id":{id},"currency":"USD","current_subtotal_price":"19.95","note_attributes":[{attrs}],"discount_codes":[{codes}],"customer":{{"id":7205759403792793299}}}}"#
+        )
+    };
+    let paid = order(
+        5_764_607_523_034_234_881,
+        &format!(r#"{{"name":"cl_click","value":"{click}"}},{{"name":"cl_link","value":"kit"}}"#),
+        r#"{"code":"SAM10"}"#,
+    );
+    let orders = "/webhooks/shopify/orders";
+
+    // Ten concurrent deliveries of the same webhook: one conversion, one commission.
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..10)
+            .map(|_| sc.spawn(|| deliver(&s, orders, "orders/paid", "d-1", paid.as_bytes(), "new-secret")))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&c| c == 200), "{statuses:?}");
+    // Another delivery id for the same order (Shopify resends on a new event) is not re-applied.
+    assert_eq!(
+        deliver(&s, orders, "orders/paid", "d-2", paid.as_bytes(), "old-secret"),
+        200,
+        "rotation: old secret accepted"
+    );
+    settle(&s);
+    let conv = records_of(&s, "conversion");
+    assert_eq!(conv.len(), 1, "{conv:?}");
+    assert_eq!(
+        conv[0]["order_id"], 5_764_607_523_034_234_881u64,
+        "ids above 2^53 stay exact"
+    );
+    assert_eq!(
+        (conv[0]["attribution"].as_str(), conv[0]["click_id"].as_str()),
+        (Some("click"), Some(click.as_str()))
+    );
+    assert_eq!(
+        (conv[0]["creator"].as_str(), conv[0]["subtotal_minor"].as_i64()),
+        (Some("jane"), Some(1995))
+    );
+    let comm = records_of(&s, "commission");
+    assert_eq!(comm.len(), 1);
+    assert_eq!(
+        (comm[0]["amount_minor"].as_i64(), comm[0]["commission_id"].as_str()),
+        (Some(200), Some("shopify:5764607523034234881:paid"))
+    );
+    assert_eq!(s.metric("cartlink_webhooks_total{outcome=\"duplicate\"}"), 9.0);
+
+    // By discount code (flat 5.00), and unattributed.
+    assert_eq!(
+        deliver(
+            &s,
+            orders,
+            "orders/paid",
+            "d-3",
+            order(2, "", r#"{"code":"sam10"}"#).as_bytes(),
+            "new-secret"
+        ),
+        200
+    );
+    assert_eq!(
+        deliver(
+            &s,
+            orders,
+            "orders/paid",
+            "d-4",
+            order(3, "", "").as_bytes(),
+            "new-secret"
+        ),
+        200
+    );
+    // A refund of 9.99 on the clicked order claws back 1.00; cancelling claws back 2.00.
+    let refund = br#"{"id":991,"order_id":5764607523034234881,"refund_line_items":[{"subtotal":9.99,"subtotal_set":{"shop_money":{"amount":"9.99","currency_code":"USD"}}}]}"#;
+    assert_eq!(deliver(&s, orders, "refunds/create", "d-5", refund, "new-secret"), 200);
+    assert_eq!(
+        deliver(&s, orders, "orders/cancelled", "d-6", paid.as_bytes(), "new-secret"),
+        200
+    );
+    settle(&s);
+    let conv = records_of(&s, "conversion");
+    let how: Vec<_> = conv.iter().map(|c| c["attribution"].as_str().unwrap()).collect();
+    assert_eq!(how, ["click", "discount", "none"]);
+    let amounts: Vec<(String, i64)> = records_of(&s, "commission")
+        .iter()
+        .map(|c| {
+            (
+                c["commission_id"].as_str().unwrap().to_string(),
+                c["amount_minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        amounts,
+        [
+            ("shopify:5764607523034234881:paid".to_string(), 200),
+            ("shopify:2:paid".to_string(), 500),
+            ("shopify:5764607523034234881:refund:991".to_string(), -100),
+            ("shopify:5764607523034234881:cancelled".to_string(), -200),
+        ]
+    );
+}
+
+#[test]
+fn forged_changed_and_oversized_deliveries_are_refused() {
+    let s = Server::start(
+        "webhooks-bad",
+        LINKS,
+        &[("CARTLINK_SHOPIFY_WEBHOOK_SECRETS", "new-secret")],
+    );
+    let orders = "/webhooks/shopify/orders";
+    let body = br#"{"id":1,"currency":"USD","current_subtotal_price":"1.00"}"#;
+    assert_eq!(deliver(&s, orders, "orders/paid", "x-1", body, "wrong-secret"), 401);
+    let mac = sig("new-secret", body);
+    let mut changed = body.to_vec();
+    changed[7] = b'2';
+    let headers = [
+        ("X-Shopify-Topic", "orders/paid"),
+        ("X-Shopify-Webhook-Id", "x-2"),
+        ("X-Shopify-Hmac-Sha256", mac.as_str()),
+    ];
+    assert_eq!(
+        request(s.public, "POST", orders, &headers, &changed).status,
+        401,
+        "one byte changed"
+    );
+    assert_eq!(
+        request(s.public, "POST", orders, &headers[..2], body).status,
+        401,
+        "no signature"
+    );
+    let big = vec![b' '; 2 << 20];
+    assert_eq!(request(s.public, "POST", orders, &headers, &big).status, 413);
+    // The refused ones did not burn the delivery id: the genuine delivery still applies.
+    assert_eq!(request(s.public, "POST", orders, &headers, body).status, 200);
+    assert_eq!(s.metric("cartlink_webhooks_total{outcome=\"unauthorized\"}"), 3.0);
+    // Without secrets the routes do not exist.
+    let off = Server::start("webhooks-off", LINKS, &[]);
+    assert_eq!(deliver(&off, orders, "orders/paid", "x-3", body, "new-secret"), 404);
+}
+
+#[test]
+fn inventory_webhooks_reach_the_next_redirect() {
+    let s = Server::start(
+        "webhooks-stock",
+        LINKS,
+        &[("CARTLINK_SHOPIFY_WEBHOOK_SECRETS", "new-secret")],
+    );
+    let level = |n: i64, at: &str| {
+        format!(
+            r#"{{"inventory_item_id":271878346596884015,"location_id":24826418,"available":{n},"updated_at":"{at}","admin_graphql_api_id":"gid://shopify/InventoryLevel/24826418?inventory_item_id=271878346596884015"}}"#
+        )
+    };
+    let inv = "/webhooks/shopify/inventory";
+    assert!(s
+        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
+        .location()
+        .starts_with("https://brand.example/cart/"));
+    assert_eq!(
+        deliver(
+            &s,
+            inv,
+            "inventory_levels/update",
+            "i-1",
+            level(0, "2026-11-27T10:00:00-05:00").as_bytes(),
+            "new-secret"
+        ),
+        200
+    );
+    assert!(s
+        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
+        .location()
+        .starts_with("https://brand.example/waitlist?"));
+    // An older delivery arriving late does not restock.
+    assert_eq!(
+        deliver(
+            &s,
+            inv,
+            "inventory_levels/update",
+            "i-2",
+            level(9, "2026-11-27T09:00:00-05:00").as_bytes(),
+            "new-secret"
+        ),
+        200
+    );
+    assert!(s
+        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
+        .location()
+        .starts_with("https://brand.example/waitlist?"));
+    assert_eq!(
+        deliver(
+            &s,
+            inv,
+            "inventory_levels/update",
+            "i-3",
+            level(9, "2026-11-27T10:01:00-05:00").as_bytes(),
+            "new-secret"
+        ),
+        200
+    );
+    assert!(s
+        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
+        .location()
+        .starts_with("https://brand.example/cart/"));
+}
