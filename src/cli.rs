@@ -92,15 +92,29 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(s.admin_listen)
             .await
             .with_context(|| format!("admin_listen {}", s.admin_listen))?;
+        let tls = match &s.tls {
+            Some(t) => {
+                let acceptor = Arc::new(server::tls::Tls::try_new(t).context("tls")?);
+                let tcp = tokio::net::TcpListener::bind(t.listen)
+                    .await
+                    .with_context(|| format!("tls.listen {}", t.listen))?;
+                Some(server::TlsListener { tcp, tls: acceptor })
+            }
+            None => None,
+        };
+        let tls_addr = match &tls {
+            Some(t) => format!(" tls={}", t.tcp.local_addr()?),
+            None => String::new(),
+        };
         // One line on stdout that scripts and tests read to find the ports (either may be :0).
         println!(
-            "cartlink listening public={} admin={}",
+            "cartlink listening public={} admin={}{tls_addr}",
             public.local_addr()?,
             admin.local_addr()?
         );
         tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, workers, "serving");
 
-        spawn_reload_on_hup(app.clone());
+        spawn_reload_on_hup(app.clone(), tls.as_ref().map(|t| t.tls.clone()));
         if let Some(every) = s.watch_links {
             tokio::spawn(watch_links(app.clone(), every));
         }
@@ -119,6 +133,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             app.clone(),
             public,
             admin,
+            tls,
             s.http.clone(),
             s.drain_delay,
             grace,
@@ -144,15 +159,27 @@ async fn terminate() {
     }
 }
 
-fn spawn_reload_on_hup(app: Arc<App>) {
+/// SIGHUP: config and links, then the TLS certificate (a failure counts as a reload failure
+/// and keeps the old certificate).
+fn spawn_reload_on_hup(app: Arc<App>, tls: Option<Arc<server::tls::Tls>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let app = app.clone();
+            let tls = tls.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Ok(g) = app.reload(&process_env) {
                     tracing::info!(generation = g, "SIGHUP reload done");
+                }
+                if let Some(tls) = tls {
+                    match tls.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => {
+                            app.metrics.reload_failures.increment(1);
+                            tracing::error!(error = %e, "SIGHUP: TLS certificate kept; new one rejected");
+                        }
+                    }
                 }
             })
             .await;

@@ -30,6 +30,7 @@ pub const DRAINING: &str = "cartlink_draining";
 pub const CLICKS: &str = "cartlink_clicks_total";
 pub const UNIQUE_CLICKS: &str = "cartlink_unique_clicks_total";
 pub const UNIQUE_FILL: &str = "cartlink_unique_filter_fill_ratio";
+pub const SHED: &str = "cartlink_shed_total";
 
 /// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
 /// redirect live, coarse above to still see pathological tails.
@@ -64,6 +65,13 @@ pub struct Drops {
     pub sink_rejected: Counter,
 }
 
+/// Requests answered 503 without being handled: label `reason` of `cartlink_shed_total`.
+#[derive(Clone)]
+pub struct Shed {
+    /// Past `http.max_inflight`.
+    pub inflight: Counter,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -88,6 +96,7 @@ pub struct Metrics {
     pub bot_clicks: Counter,
     pub unique_clicks: Counter,
     pub unique_fill_ratio: Gauge,
+    pub shed: Shed,
 }
 
 impl Metrics {
@@ -134,6 +143,10 @@ impl Metrics {
                 UNIQUE_FILL,
                 "Share of bits set in today's unique-visitor filter; alert well before 0.5."
             );
+            describe_counter!(
+                SHED,
+                "Public requests answered 503 + Retry-After without being handled, by reason."
+            );
             let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
             let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
             let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
@@ -174,6 +187,9 @@ impl Metrics {
                 bot_clicks: counter!(CLICKS, "kind" => "bot"),
                 unique_clicks: counter!(UNIQUE_CLICKS),
                 unique_fill_ratio: gauge!(UNIQUE_FILL),
+                shed: Shed {
+                    inflight: counter!(SHED, "reason" => "inflight"),
+                },
             }
         })
     }
