@@ -106,6 +106,12 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             Some(t) => format!(" tls={}", t.tcp.local_addr()?),
             None => String::new(),
         };
+        // Before the line below: scripts may send SIGHUP as soon as they read it, and the
+        // default action of SIGHUP is to exit.
+        spawn_reload_on_hup(app.clone(), tls.as_ref().map(|t| t.tls.clone()));
+        if let Some(every) = s.watch_links {
+            tokio::spawn(watch_links(app.clone(), every));
+        }
         // One line on stdout that scripts and tests read to find the ports (either may be :0).
         println!(
             "cartlink listening public={} admin={}{tls_addr}",
@@ -114,10 +120,6 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         );
         tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, workers, "serving");
 
-        spawn_reload_on_hup(app.clone(), tls.as_ref().map(|t| t.tls.clone()));
-        if let Some(every) = s.watch_links {
-            tokio::spawn(watch_links(app.clone(), every));
-        }
         tokio::spawn({
             let app = app.clone();
             async move {
@@ -189,13 +191,24 @@ fn spawn_reload_on_hup(app: Arc<App>, tls: Option<Arc<server::tls::Tls>>) {
 
 /// Polls the links file; reloads once a change has been stable for one interval, so a file
 /// being written is not read half-way.
-async fn watch_links(app: Arc<App>, every: Duration) {
+/// The file's state is taken now, before the caller announces it is listening, so a change
+/// made right after start-up is not missed.
+fn watch_links(app: Arc<App>, every: Duration) -> impl std::future::Future<Output = ()> {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
     };
-    let mut loaded = stamp(&app.links_path());
+    let loaded = stamp(&app.links_path());
+    watch_links_from(app, every, loaded, stamp)
+}
+
+async fn watch_links_from(
+    app: Arc<App>,
+    every: Duration,
+    mut loaded: Option<(SystemTime, u64)>,
+    stamp: impl Fn(&Path) -> Option<(SystemTime, u64)>,
+) {
     let mut pending = None;
     loop {
         tokio::time::sleep(every).await;

@@ -15,7 +15,7 @@ export CARTLINK_LISTEN=127.0.0.1:0 CARTLINK_ADMIN_LISTEN=127.0.0.1:0 CARTLINK_WO
 export CARTLINK_SINK="file://$WORK/clicks" CARTLINK_DATA_DIR="$WORK/data"
 export CARTLINK_HTTP_HEADER_READ_TIMEOUT_MS=5000 CARTLINK_HTTP_WRITE_TIMEOUT_MS=5000
 PATH_=$(target/release/cartlink mint jane-kit | sed 's#^http://localhost:8080##')
-ulimit -n 65536 || true
+ulimit -n "$(ulimit -Hn)" || true
 taskset -c 0 target/release/cartlink serve > "$WORK/out" 2> "$WORK/err" &
 PID=$!
 for _ in $(seq 100); do grep -q listening "$WORK/out" 2>/dev/null && break; sleep 0.1; done

@@ -14,6 +14,8 @@ within header_read_timeout + 1 s of opening, and every no-read connection was cl
 """
 import argparse
 import asyncio
+import json
+import os
 import resource
 import statistics
 import sys
@@ -68,12 +70,12 @@ async def legit(host, port, path, rate, duration, conns):
 
 
 async def slow_conn(host, port, trickle, results, limit):
-    t0 = time.monotonic()
     try:
         r, w = await asyncio.open_connection(host, port)
     except OSError:
         results.append(None)
         return
+    t0 = time.monotonic()
     w.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
     i = 0
     try:
@@ -92,14 +94,15 @@ async def slow_conn(host, port, trickle, results, limit):
 
 
 async def noread_conn(host, port, path, results, limit):
-    t0 = time.monotonic()
     r, w = await asyncio.open_connection(host, port, limit=1024)
+    t0 = time.monotonic()
     # A small receive buffer so the server's writes stall quickly.
     sock = w.get_extra_info("socket")
     import socket
 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    batch = (f"GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: Mozilla/5.0 (iPhone)\r\n\r\n" * 200).encode()
+    # Cheap requests (health checks): the point is the stalled writes, not server CPU.
+    batch = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
     closed = None
     try:
         while time.monotonic() - t0 < limit:
@@ -123,25 +126,44 @@ async def main():
     ap.add_argument("--trickle", type=float, default=1.0)
     ap.add_argument("--header-timeout", type=float, default=5.0)
     ap.add_argument("--write-timeout", type=float, default=5.0)
+    ap.add_argument("--attack-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     host, port = a.addr.rsplit(":", 1)
     port = int(port)
 
+    if a.attack_only:
+        slow_res, noread_res = [], []
+        limit = a.header_timeout + 10
+        # Attackers keep coming for the whole phase: each slot reconnects after being closed.
+        end = time.monotonic() + a.duration
+
+        async def slot(fn, *args):
+            while time.monotonic() < end:
+                await fn(*args)
+
+        tasks = [slot(slow_conn, host, port, a.trickle, slow_res, limit) for _ in range(a.slow)]
+        tasks += [noread_conn(host, port, a.path, noread_res, a.write_timeout + 20) for _ in range(a.noread)]
+        await asyncio.gather(*tasks)
+        print(json.dumps({"slow": slow_res, "noread": noread_res}))
+        return 0
+
     clean, clean_err = await legit(host, port, a.path, a.rate, a.duration, a.legit)
-    slow_res, noread_res = [], []
-    limit = a.header_timeout + 10
-    attackers = [asyncio.create_task(slow_conn(host, port, a.trickle, slow_res, limit)) for _ in range(a.slow)]
-    attackers += [
-        asyncio.create_task(noread_conn(host, port, a.path, noread_res, a.write_timeout + 20)) for _ in range(a.noread)
+    # The attack runs in its own process at lower priority, so the measuring client's latency
+    # is not its own event loop being busy with 1,000 sockets.
+    argv = [sys.executable, __file__, "--attack-only"] + [
+        x for x in sys.argv[1:] if x != "--attack-only"
     ]
-    # Legit traffic runs while the attack connections are open and trickling.
-    await asyncio.sleep(0.5)
-    attack, attack_err = await legit(host, port, a.path, a.rate, a.duration, a.legit)
-    await asyncio.gather(*attackers)
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, preexec_fn=lambda: os.nice(10))
+    await asyncio.sleep(1.0)
+    attack, attack_err = await legit(host, port, a.path, a.rate, a.duration - 1.0, a.legit)
+    out, _ = await proc.communicate()
+    res = json.loads(out.decode().strip().splitlines()[-1])
+    slow_res, noread_res = res["slow"], res["noread"]
 
     c99, x99 = pct(clean, 0.99), pct(attack, 0.99)
+    total_slow, total_noread = len(slow_res), len(noread_res)
     slow_open = [t for t in slow_res if t is None or t > a.header_timeout + 1]
     noread_open = [t for t in noread_res if t is None]
     print(f"clean : n={len(clean)} errors={clean_err} p50={statistics.median(clean)*1e3:.2f}ms p99={c99*1e3:.2f}ms")
@@ -149,11 +171,11 @@ async def main():
           f" ({a.slow} slowloris + {a.noread} never-reading connections)")
     closed = [t for t in slow_res if t is not None]
     if closed:
-        print(f"slowloris: {len(closed)}/{a.slow} closed, after {min(closed):.2f}-{max(closed):.2f}s"
+        print(f"slowloris: {len(closed)}/{total_slow} closed, after {min(closed):.2f}-{max(closed):.2f}s"
               f" (header timeout {a.header_timeout}s)")
     nr = [t for t in noread_res if t is not None]
     if nr:
-        print(f"never-read: {len(nr)}/{a.noread} closed, after {min(nr):.2f}-{max(nr):.2f}s")
+        print(f"never-read: {len(nr)}/{total_noread} closed, after {min(nr):.2f}-{max(nr):.2f}s")
     ok = (
         x99 <= 1.2 * c99 + 0.0005
         and clean_err == 0

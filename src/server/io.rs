@@ -7,7 +7,8 @@
 //!   closing keep-alive connections nobody uses (hyper's HTTP/1 header timer covers a request
 //!   that has started; this covers the rest, HTTP/2 included).
 //!
-//! Each deadline starts at the first `Pending` after progress and is cleared by progress.
+//! Each deadline starts at the first `Pending` after progress and is cleared by progress:
+//! bytes written clear both, bytes read clear only the idle one.
 
 use std::future::Future;
 use std::io;
@@ -36,6 +37,7 @@ impl<T> Deadlines<T> {
         }
     }
 
+    /// Bytes written: both deadlines start over.
     fn progress(&mut self) {
         self.write_timer = None;
         self.idle_timer = None;
@@ -59,8 +61,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
+                // Reading is progress for the idle deadline only: a client that keeps sending
+                // but never reads must still hit the write deadline.
                 if buf.filled().len() > before {
-                    this.progress();
+                    this.idle_timer = None;
                 }
                 Poll::Ready(r)
             }
