@@ -92,20 +92,35 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(s.admin_listen)
             .await
             .with_context(|| format!("admin_listen {}", s.admin_listen))?;
-        // One line on stdout that scripts and tests read to find the ports (either may be :0).
-        // Signal handlers first: scripts may signal as soon as they read the ports.
-        spawn_reload_on_hup(app.clone());
+        let tls = match &s.tls {
+            Some(t) => {
+                let acceptor = Arc::new(server::tls::Tls::try_new(t).context("tls")?);
+                let tcp = tokio::net::TcpListener::bind(t.listen)
+                    .await
+                    .with_context(|| format!("tls.listen {}", t.listen))?;
+                Some(server::TlsListener { tcp, tls: acceptor })
+            }
+            None => None,
+        };
+        let tls_addr = match &tls {
+            Some(t) => format!(" tls={}", t.tcp.local_addr()?),
+            None => String::new(),
+        };
+        // Before the line below: scripts may send SIGHUP as soon as they read it, and the
+        // default action of SIGHUP is to exit.
+        spawn_reload_on_hup(app.clone(), tls.as_ref().map(|t| t.tls.clone()));
+        if let Some(every) = s.watch_links {
+            tokio::spawn(watch_links(app.clone(), every));
+        }
         let shutdown = terminate();
+        // One line on stdout that scripts and tests read to find the ports (either may be :0).
         println!(
-            "cartlink listening public={} admin={}",
+            "cartlink listening public={} admin={}{tls_addr}",
             public.local_addr()?,
             admin.local_addr()?
         );
         tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, workers, "serving");
 
-        if let Some(every) = s.watch_links {
-            tokio::spawn(watch_links(app.clone(), every));
-        }
         tokio::spawn({
             let app = app.clone();
             async move {
@@ -121,6 +136,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             app.clone(),
             public,
             admin,
+            tls,
             s.http.clone(),
             s.drain_delay,
             grace,
@@ -150,15 +166,27 @@ fn terminate() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn spawn_reload_on_hup(app: Arc<App>) {
+/// SIGHUP: config and links, then the TLS certificate (a failure counts as a reload failure
+/// and keeps the old certificate).
+fn spawn_reload_on_hup(app: Arc<App>, tls: Option<Arc<server::tls::Tls>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let app = app.clone();
+            let tls = tls.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Ok(g) = app.reload(&process_env) {
                     tracing::info!(generation = g, "SIGHUP reload done");
+                }
+                if let Some(tls) = tls {
+                    match tls.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => {
+                            app.metrics.reload_failures.increment(1);
+                            tracing::error!(error = %e, "SIGHUP: TLS certificate kept; new one rejected");
+                        }
+                    }
                 }
             })
             .await;
@@ -168,13 +196,24 @@ fn spawn_reload_on_hup(app: Arc<App>) {
 
 /// Polls the links file; reloads once a change has been stable for one interval, so a file
 /// being written is not read half-way.
-async fn watch_links(app: Arc<App>, every: Duration) {
+/// The file's state is taken now, before the caller announces it is listening, so a change
+/// made right after start-up is not missed.
+fn watch_links(app: Arc<App>, every: Duration) -> impl std::future::Future<Output = ()> {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
     };
-    let mut loaded = stamp(&app.links_path());
+    let loaded = stamp(&app.links_path());
+    watch_links_from(app, every, loaded, stamp)
+}
+
+async fn watch_links_from(
+    app: Arc<App>,
+    every: Duration,
+    mut loaded: Option<(SystemTime, u64)>,
+    stamp: impl Fn(&Path) -> Option<(SystemTime, u64)>,
+) {
     let mut pending = None;
     loop {
         tokio::time::sleep(every).await;

@@ -50,7 +50,31 @@ pub struct Config {
     pub drain: DrainConfig,
     pub pipeline: PipelineConfig,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
     pub unique: UniqueConfig,
+}
+
+/// A TLS listener beside the plain one (which stays for CDN-terminated set-ups).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `host:port` of the TLS listener; empty: no TLS listener.
+    pub listen: String,
+    /// PEM certificate chain, leaf first; re-read on SIGHUP.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP.
+    pub key_file: String,
+    /// Longest a client may take to finish the TLS handshake; 0: 10 s.
+    pub handshake_timeout_ms: u64,
+}
+
+/// A validated `[tls]` section.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub handshake_timeout: Duration,
 }
 
 /// The unique-visitor filter (see `audience::unique`).
@@ -151,8 +175,18 @@ pub struct HttpConfig {
     /// Largest request head (request line + headers); larger gets 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// A connection with nothing read or written for this long is closed.
     pub keepalive_idle_ms: u64,
     pub h2_max_concurrent_streams: u32,
+    /// A connection whose peer takes no bytes for this long while a response is being written
+    /// is closed (clients that never read).
+    pub write_timeout_ms: u64,
+    /// Open connections per listener; past it the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// Largest request body on public routes other than GET/HEAD; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Public requests handled at once; past it 503 with `Retry-After: 1` (`/healthz` never).
+    pub max_inflight: usize,
 }
 
 impl Default for Config {
@@ -176,6 +210,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             pipeline: PipelineConfig::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
             unique: UniqueConfig::default(),
         }
     }
@@ -239,6 +274,10 @@ impl Default for HttpConfig {
             max_headers: 64,
             keepalive_idle_ms: 75_000,
             h2_max_concurrent_streams: 128,
+            write_timeout_ms: 10_000,
+            max_connections: 20_000,
+            max_body_bytes: 1 << 20,
+            max_inflight: 4096,
         }
     }
 }
@@ -304,6 +343,7 @@ pub struct Settings {
     pub drain_grace: Duration,
     pub pipeline: PipelineConfig,
     pub http: HttpConfig,
+    pub tls: Option<TlsSettings>,
     pub unique: UniqueConfig,
     pub secrets: Secrets,
 }
@@ -456,6 +496,13 @@ impl Config {
         if self.http.max_headers == 0 || self.http.header_read_timeout_ms == 0 {
             errs.push("http.max_headers and http.header_read_timeout_ms must be above 0".into());
         }
+        let h = &self.http;
+        if h.keepalive_idle_ms == 0 || h.write_timeout_ms == 0 || h.max_connections == 0 || h.max_body_bytes == 0 {
+            errs.push(
+                "http.keepalive_idle_ms, write_timeout_ms, max_connections and max_body_bytes must be above 0".into(),
+            );
+        }
+        let tls = self.tls_settings().map_err(|e| errs.push(e)).ok().flatten();
         let client_ip = crate::audience::client_ip::ClientIp::new(&self.trusted_proxies, &self.client_ip_header)
             .map_err(|e| errs.push(e))
             .ok();
@@ -511,9 +558,40 @@ impl Config {
             drain_grace: Duration::from_millis(self.drain.grace_ms),
             pipeline: self.pipeline.clone(),
             http: self.http.clone(),
+            tls,
             unique: self.unique.clone(),
             secrets: secrets.expect(some),
         })
+    }
+}
+
+impl Config {
+    fn tls_settings(&self) -> Result<Option<TlsSettings>, String> {
+        let t = &self.tls;
+        if t.listen.is_empty() {
+            if !t.cert_file.is_empty() || !t.key_file.is_empty() {
+                return Err("tls.cert_file and tls.key_file need tls.listen".into());
+            }
+            return Ok(None);
+        }
+        let listen = t
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("tls.listen `{}` is not host:port", t.listen))?;
+        if t.cert_file.is_empty() || t.key_file.is_empty() {
+            return Err("tls.listen needs tls.cert_file and tls.key_file".into());
+        }
+        let ms = if t.handshake_timeout_ms == 0 {
+            10_000
+        } else {
+            t.handshake_timeout_ms
+        };
+        Ok(Some(TlsSettings {
+            listen,
+            cert_file: PathBuf::from(&t.cert_file),
+            key_file: PathBuf::from(&t.key_file),
+            handshake_timeout: Duration::from_millis(ms),
+        }))
     }
 }
 

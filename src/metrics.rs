@@ -40,6 +40,7 @@ pub const CLICKS: &str = "cartlink_clicks_total";
 pub const UNIQUE_CLICKS: &str = "cartlink_unique_clicks_total";
 pub const UNIQUE_FILL: &str = "cartlink_unique_filter_fill_ratio";
 pub const WEBHOOKS: &str = "cartlink_webhooks_total";
+pub const SHED: &str = "cartlink_shed_total";
 
 /// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
 /// redirect live, coarse above to still see pathological tails.
@@ -115,6 +116,13 @@ pub struct WebhookOutcomes {
     pub bad_payload: Counter,
 }
 
+/// Requests answered 503 without being handled: label `reason` of `cartlink_shed_total`.
+#[derive(Clone)]
+pub struct Shed {
+    /// Past `http.max_inflight`.
+    pub inflight: Counter,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -149,6 +157,7 @@ pub struct Metrics {
     pub unique_clicks: Counter,
     pub unique_fill_ratio: Gauge,
     pub webhooks: WebhookOutcomes,
+    pub shed: Shed,
 }
 
 impl Metrics {
@@ -211,6 +220,10 @@ impl Metrics {
                 "Share of bits set in today's unique-visitor filter; alert well before 0.5."
             );
             describe_counter!(WEBHOOKS, "Shopify webhook deliveries by outcome.");
+            describe_counter!(
+                SHED,
+                "Public requests answered 503 + Retry-After without being handled, by reason."
+            );
             let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
             let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
             let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
@@ -272,6 +285,9 @@ impl Metrics {
                     duplicate: counter!(WEBHOOKS, "outcome" => "duplicate"),
                     unauthorized: counter!(WEBHOOKS, "outcome" => "unauthorized"),
                     bad_payload: counter!(WEBHOOKS, "outcome" => "bad_payload"),
+                },
+                shed: Shed {
+                    inflight: counter!(SHED, "reason" => "inflight"),
                 },
             }
         })

@@ -6,13 +6,25 @@
 //! (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY), waiting at most `drain.grace_ms`;
 //! **flush** — the caller then closes the click queue and writes out what it holds.
 //! The admin listener stays up until the end so metrics can be scraped during the drain.
+//!
+//! Every wait a client can cause has a named deadline: TLS handshake (`tls.handshake_timeout_ms`),
+//! request head (`http.header_read_timeout_ms`, hyper's timer), idle connection
+//! (`http.keepalive_idle_ms`) and stalled write (`http.write_timeout_ms`) — the last two in
+//! [`io::Deadlines`]. Each listener holds at most `http.max_connections` connections; past
+//! `http.max_inflight` public requests are answered 503 + `Retry-After: 1` from a response built
+//! once, except `/healthz`.
+
+pub mod io;
+pub mod tls;
 
 use crate::admin;
-use crate::commerce;
 use crate::config::HttpConfig;
 use crate::redirect::{self, Body};
 use crate::state::App;
+use bytes::Bytes;
 use futures_util::future::Either;
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
@@ -22,38 +34,112 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
-type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// Admission for the public listener, shared by all its connections: the in-flight cap and
+/// the body limit, with the shed answer built once.
+struct Gate {
+    inflight: AtomicUsize,
+    max_inflight: usize,
+    max_body: usize,
+    shed: Response<Body>,
+}
 
-/// The public service: redirects are synchronous, so their future is `Ready` and nothing is
-/// boxed; only webhook POSTs (which read a body) take the boxed, async path.
+impl Gate {
+    fn new(http: &HttpConfig) -> Gate {
+        let mut shed = Response::new(Body::new(Bytes::from_static(b"overloaded, retry\n")));
+        *shed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let h = shed.headers_mut();
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Gate {
+            inflight: AtomicUsize::new(0),
+            max_inflight: http.max_inflight,
+            max_body: http.max_body_bytes,
+            shed,
+        }
+    }
+
+    /// Takes an in-flight slot, or says no (the caller sheds).
+    fn admit(&self) -> bool {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Gives the slot back when an async request ends, however it ends (even if hyper drops it).
+struct Slot(Arc<Gate>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// The public service. GET and HEAD (every link) stay synchronous, so their future is `Ready`
+/// and nothing is boxed; other methods take the async path with a limited body.
 #[derive(Clone)]
 struct Public {
     app: Arc<App>,
     peer: IpAddr,
+    gate: Arc<Gate>,
 }
+
+type Boxed = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl Service<Request<Incoming>> for Public {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response<Body>, Infallible>>, BoxedAnswer>;
+    type Future = Either<Ready<Result<Response<Body>, Infallible>>, Boxed>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        if req.method() == hyper::Method::POST && req.uri().path().starts_with("/webhooks/") {
-            let app = self.app.clone();
-            return Either::Right(Box::pin(async move { Ok(commerce::http::serve(app, req).await) }));
+        let sync = matches!(*req.method(), Method::GET | Method::HEAD);
+        // Health checks are never shed: the CDN must keep seeing this origin as alive.
+        let health = sync && req.uri().path() == "/healthz";
+        if !health && !self.gate.admit() {
+            self.app.metrics.shed.inflight.increment(1);
+            return Either::Left(ready(Ok(self.gate.shed.clone())));
         }
-        Either::Left(ready(Ok(redirect::handle(
-            &self.app,
-            req.method(),
-            req.uri(),
-            req.headers(),
-            self.peer,
-        ))))
+        if sync {
+            let resp = redirect::handle(&self.app, req.method(), req.uri(), req.headers(), self.peer);
+            if !health {
+                self.gate.release();
+            }
+            return Either::Left(ready(Ok(resp)));
+        }
+        let slot = Slot(self.gate.clone());
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.gate.max_body as u64) {
+            drop(slot);
+            return Either::Left(ready(Ok(redirect::other::too_large())));
+        }
+        let app = self.app.clone();
+        let req = req.map(|b| Limited::new(b, self.gate.max_body));
+        Either::Right(Box::pin(async move {
+            let resp = redirect::handle_other(&app, req).await;
+            drop(slot);
+            Ok(resp)
+        }))
     }
 }
 
@@ -75,44 +161,106 @@ pub fn http_builder(cfg: &HttpConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// One listener: what it accepts on, whether it speaks TLS, and its per-connection limits.
+struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
+    what: &'static str,
+    max_connections: usize,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Listener {
+    fn new(tcp: TcpListener, tls: Option<Arc<tls::Tls>>, what: &'static str, http: &HttpConfig) -> Listener {
+        Listener {
+            tcp,
+            tls,
+            what,
+            max_connections: http.max_connections,
+            write_timeout: Duration::from_millis(http.write_timeout_ms),
+            idle_timeout: Duration::from_millis(http.keepalive_idle_ms),
+        }
+    }
+}
+
 /// Accepts until `stop` turns true, then asks every connection to finish and waits up to
-/// `grace` for them.
+/// `grace` for them. Past `max_connections` open connections it stops accepting (the kernel
+/// backlog holds new ones) until one closes.
 async fn accept_loop<S, F>(
-    listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    l: Listener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     make: F,
-    what: &'static str,
 ) where
     F: Fn(IpAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
+    let what = l.what;
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(l.max_connections));
     loop {
-        tokio::select! {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::debug!(
+                    listener = what,
+                    max = l.max_connections,
+                    "connection cap reached; not accepting"
+                );
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                }
+            }
+        };
+        let accepted = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let service = make(peer.ip());
+            accepted = l.tcp.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make(peer.ip());
+        let stream = io::Deadlines::new(stream, l.write_timeout, l.idle_timeout);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        match &l.tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = watcher.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor().accept(stream)).await;
+                    let Ok(Ok(stream)) = handshake else {
+                        return;
+                    };
+                    // ALPN chose h2 or http/1.1; the auto builder reads the preface either way.
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                    let _ = watcher.watch(conn).await;
+                    drop(permit);
+                });
             }
         }
     }
-    drop(listener);
+    drop(l);
     let open = graceful.count();
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
@@ -123,11 +271,19 @@ async fn accept_loop<S, F>(
     }
 }
 
+/// An optional TLS listener beside the plain public one.
+pub struct TlsListener {
+    pub tcp: TcpListener,
+    pub tls: Arc<tls::Tls>,
+}
+
 /// Serves both listeners until `shutdown` resolves, then runs the drain and close phases.
+#[allow(clippy::too_many_arguments)] // each is a distinct part of the server's set-up
 pub async fn run(
     app: Arc<App>,
     public: TcpListener,
     admin: TcpListener,
+    tls: Option<TlsListener>,
     http: HttpConfig,
     drain_delay: Duration,
     grace: Duration,
@@ -135,28 +291,41 @@ pub async fn run(
 ) {
     let (stop_public, public_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
-    let builder = http_builder(&http);
-    let public_task = {
+    let builder = Arc::new(http_builder(&http));
+    let gate = Arc::new(Gate::new(&http));
+    let public_service = {
         let app = app.clone();
-        tokio::spawn(accept_loop(
-            public,
-            builder.clone(),
-            public_rx,
-            grace,
-            move |peer| Public { app: app.clone(), peer },
-            "public",
-        ))
+        move |peer| Public {
+            app: app.clone(),
+            peer,
+            gate: gate.clone(),
+        }
     };
+    let tls_task = tls.map(|t| {
+        tokio::spawn(accept_loop(
+            Listener::new(t.tcp, Some(t.tls), "tls", &http),
+            builder.clone(),
+            public_rx.clone(),
+            grace,
+            public_service.clone(),
+        ))
+    });
+    let public_task = tokio::spawn(accept_loop(
+        Listener::new(public, None, "public", &http),
+        builder.clone(),
+        public_rx,
+        grace,
+        public_service,
+    ));
     let admin_task = {
         let app = app.clone();
         let limits = http.clone();
         tokio::spawn(accept_loop(
-            admin,
+            Listener::new(admin, None, "admin", &http),
             builder,
             admin_rx,
             Duration::from_secs(1),
             move |_| admin::Admin::new(app.clone(), limits.clone()),
-            "admin",
         ))
     };
     shutdown.await;
@@ -167,6 +336,9 @@ pub async fn run(
     tracing::info!("closing the public listener");
     let _ = stop_public.send(true);
     let _ = public_task.await;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     let _ = stop_admin.send(true);
     let _ = admin_task.await;
 }

@@ -1,5 +1,6 @@
 //! `POST /webhooks/shopify/orders` and `POST /webhooks/shopify/inventory` on the public
-//! listener. Answered as soon as the records are queued (well inside Shopify's 5 s).
+//! listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
+//! Answered as soon as the records are queued (well inside Shopify's 5 s).
 
 use super::inventory::Update;
 use super::webhooks::WebhookError;
@@ -8,33 +9,12 @@ use crate::state::App;
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 
-/// Largest webhook body accepted (Shopify order payloads are tens of KiB).
-pub const MAX_BODY: usize = 1 << 20;
-
 fn answer(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     r
-}
-
-/// Reads the body (at most [`MAX_BODY`]) and handles the delivery; records go to the sink.
-pub async fn serve(app: std::sync::Arc<App>, req: hyper::Request<hyper::body::Incoming>) -> Response<Body> {
-    use http_body_util::{BodyExt, Limited};
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            app.metrics.webhooks.bad_payload.increment(1);
-            return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
-        }
-    };
-    let edge = app.state.load().edge.clone();
-    shopify(&app, parts.uri.path(), &parts.headers, &body, &mut |mut record| {
-        record["edge"] = serde_json::Value::from(&*edge);
-        app.recorder.emit(&record);
-    })
 }
 
 /// Handles one verified-or-not delivery; `emit` receives the records to send to the sink.

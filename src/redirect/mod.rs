@@ -7,6 +7,9 @@
 //! No locks and no awaits: the whole path is one synchronous function.
 
 pub mod cookie;
+pub mod other;
+
+pub use other::handle_other;
 
 use crate::audience;
 use crate::audience::geo;
@@ -213,7 +216,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
 }
 
 /// `/{id}.{sig}` with a valid id shape and a 16-character signature; raw bytes, no decoding.
-fn split_token(path: &[u8]) -> Option<(&[u8], &[u8])> {
+pub fn split_token(path: &[u8]) -> Option<(&[u8], &[u8])> {
     let token = path.strip_prefix(b"/")?;
     let dot = memchr::memrchr(b'.', token)?;
     let (id, sig) = (&token[..dot], &token[dot + 1..]);

@@ -27,6 +27,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when `[tls] listen` is set.
+    pub tls: Option<SocketAddr>,
     stderr: PathBuf,
 }
 
@@ -96,11 +98,16 @@ impl Server {
             part.parse().unwrap()
         };
         let (public, admin) = (addr("public="), addr("admin="));
+        let tls = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("tls="))
+            .map(|a| a.parse().unwrap());
         Server {
             child,
             dir,
             public,
             admin,
+            tls,
             stderr,
         }
     }
