@@ -20,9 +20,19 @@ const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0";
 
 fn app(n: usize) -> (Arc<App>, clicks::Pipeline) {
-    let env = |k: &str| (k == "CARTLINK_SIGNING_KEYS").then(|| KEYS.to_string());
+    // The full path: geo database, client IP from X-Forwarded-For behind a trusted proxy.
+    let geo = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/geo-geolite2.mmdb");
+    let env = move |k: &str| match k {
+        "CARTLINK_SIGNING_KEYS" => Some(KEYS.to_string()),
+        "CARTLINK_GEOIP" => Some(geo.to_string()),
+        "CARTLINK_TRUSTED_PROXIES" => Some("127.0.0.1/32".to_string()),
+        _ => None,
+    };
     let dir = std::env::temp_dir().join(format!("cartlink-bench-{}", std::process::id()));
-    let settings = Config::default().validate(&env).unwrap();
+    let settings = Config::load(Path::new("none.toml"), false, &env)
+        .unwrap()
+        .validate(&env)
+        .unwrap();
     let mut text = String::new();
     for i in 0..n {
         text.push_str(&format!(
@@ -70,7 +80,7 @@ fn bench(c: &mut Criterion) {
         http::header::REFERER,
         HeaderValue::from_static("https://l.instagram.com/"),
     );
-    let peer: IpAddr = "203.0.113.9".parse().unwrap();
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
 
     let mut i = 0usize;
     c.bench_function("redirect/human_click_full_path", |b| {
@@ -102,6 +112,30 @@ fn bench(c: &mut Criterion) {
             black_box(s.len())
         })
     });
+    // What audience work adds, part by part.
+    c.bench_function("audience/is_bot (browser UA, full list)", |b| {
+        b.iter(|| black_box(cartlink::audience::is_bot(black_box(&headers))))
+    });
+    let snap = app.state.load();
+    let client: IpAddr = "203.0.113.77".parse().unwrap();
+    c.bench_function("audience/client_ip (trusted proxy, XFF)", |b| {
+        b.iter(|| black_box(snap.view.client_ip.resolve(black_box(peer), &headers)))
+    });
+    let geo = snap.view.geo.as_ref().unwrap();
+    c.bench_function("audience/geo country lookup", |b| {
+        b.iter(|| black_box(geo.country(black_box(client))))
+    });
+    let mut n_unique = 0u32;
+    c.bench_function("audience/unique check_and_insert", |b| {
+        b.iter(|| {
+            n_unique = n_unique.wrapping_add(1);
+            black_box(
+                app.unique
+                    .check_and_insert(client, IPHONE.as_bytes(), if n_unique % 2 == 0 { "a" } else { "b" }),
+            )
+        })
+    });
+    drop(snap);
     drop(app);
     pipeline.shutdown(std::time::Instant::now() + std::time::Duration::from_secs(5));
 }

@@ -37,9 +37,9 @@ fn fixture() -> &'static Fixture {
         let table = cartlink::links::parse(LINKS, "fuzz").expect("valid links");
         let metrics = Metrics::new();
         let dir = std::env::temp_dir().join(format!("cartlink-fuzz-{}", std::process::id()));
-        let sink = SinkSettings::File { dir };
-        let (recorder, pipeline) =
-            clicks::start(&sink, &settings.pipeline, metrics.clone(), "fuzz".into()).expect("file sink");
+        let sink = SinkSettings::File { dir: dir.join("clicks") };
+        let (recorder, pipeline) = clicks::start(&sink, &settings.pipeline, &dir.join("data"), metrics.clone(), "fuzz".into())
+            .expect("file sink");
         let app = App::new(
             &settings,
             table,
