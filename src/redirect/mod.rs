@@ -319,7 +319,7 @@ fn read_query(query: &str, dest: &Destination, mut out: Option<&mut String>) -> 
             continue;
         }
         let Some(out) = out.as_deref_mut() else { continue };
-        let Some(i) = FORWARDABLE.iter().position(|f| *f == k) else {
+        let Some(i) = crate::links::destination::forwardable_index(&k) else {
             continue;
         };
         let bit = 1u16 << i;
