@@ -212,50 +212,23 @@ fn inventory_webhooks_reach_the_next_redirect() {
         .get(&path_for("kit"), &[("User-Agent", IPHONE)])
         .location()
         .starts_with("https://brand.example/cart/"));
-    assert_eq!(
-        deliver(
+    // Each delivery is applied (200) and decides the very next redirect.
+    let deliver_then_redirect = |id: &str, n: i64, at: &str| {
+        let status = deliver(
             &s,
             inv,
             "inventory_levels/update",
-            "i-1",
-            level(0, "2026-11-27T10:00:00-05:00").as_bytes(),
-            "new-secret"
-        ),
-        200
-    );
-    assert!(s
-        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
-        .location()
-        .starts_with("https://brand.example/waitlist?"));
+            id,
+            level(n, at).as_bytes(),
+            "new-secret",
+        );
+        assert_eq!(status, 200, "{id}");
+        s.get(&path_for("kit"), &[("User-Agent", IPHONE)])
+            .location()
+            .to_string()
+    };
+    assert!(deliver_then_redirect("i-1", 0, "2026-11-27T10:00:00-05:00").starts_with("https://brand.example/waitlist?"));
     // An older delivery arriving late does not restock.
-    assert_eq!(
-        deliver(
-            &s,
-            inv,
-            "inventory_levels/update",
-            "i-2",
-            level(9, "2026-11-27T09:00:00-05:00").as_bytes(),
-            "new-secret"
-        ),
-        200
-    );
-    assert!(s
-        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
-        .location()
-        .starts_with("https://brand.example/waitlist?"));
-    assert_eq!(
-        deliver(
-            &s,
-            inv,
-            "inventory_levels/update",
-            "i-3",
-            level(9, "2026-11-27T10:01:00-05:00").as_bytes(),
-            "new-secret"
-        ),
-        200
-    );
-    assert!(s
-        .get(&path_for("kit"), &[("User-Agent", IPHONE)])
-        .location()
-        .starts_with("https://brand.example/cart/"));
+    assert!(deliver_then_redirect("i-2", 9, "2026-11-27T09:00:00-05:00").starts_with("https://brand.example/waitlist?"));
+    assert!(deliver_then_redirect("i-3", 9, "2026-11-27T10:01:00-05:00").starts_with("https://brand.example/cart/"));
 }
