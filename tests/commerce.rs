@@ -113,3 +113,48 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
         "https://mugs.example/waitlist?cl_click={ID}"
     );
 }
+
+/// Under load (three keep-alive clients hammering the link), every stock change reaches the
+/// first redirect that starts after the update was acknowledged.
+#[test]
+fn stock_updates_reach_redirects_under_load() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let s = Server::start("commerce-load", LINKS, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, served, addr) = (stop.clone(), served.clone(), s.public);
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(conn.get(&path_for("all-or-nothing"), IPHONE).unwrap().status, 302);
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut conn = Conn::open(s.public).unwrap();
+    for round in 0..50 {
+        let out = round % 2 == 0;
+        let body = format!(r#"{{"variant":40000000002,"available":{}}}"#, if out { 0 } else { 50 });
+        assert_eq!(s.admin("POST", "/admin/inventory", body.as_bytes()).status, 200);
+        let loc = conn
+            .get(&path_for("all-or-nothing"), IPHONE)
+            .unwrap()
+            .location()
+            .to_string();
+        let want = if out {
+            "https://mugs.example/waitlist?"
+        } else {
+            "https://mugs.example/checkout-link/?"
+        };
+        assert!(loc.starts_with(want), "round {round}: {loc}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(served.load(Ordering::Relaxed) > 50, "the load ran alongside");
+}
