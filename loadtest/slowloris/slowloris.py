@@ -94,22 +94,29 @@ async def slow_conn(host, port, trickle, results, limit):
 
 
 async def noread_conn(host, port, path, results, limit):
-    r, w = await asyncio.open_connection(host, port, limit=1024)
-    t0 = time.monotonic()
-    # A small receive buffer so the server's writes stall quickly.
-    sock = w.get_extra_info("socket")
+    """Pipelines requests and never reads. Whether the server closed the connection is read from
+    the kernel (TCP_INFO state leaves ESTABLISHED on the server's FIN or RST), not from a write
+    error, which may never come while our own send buffer is full."""
     import socket
 
+    r, w = await asyncio.open_connection(host, port, limit=1024)
+    t0 = time.monotonic()
+    sock = w.get_extra_info("socket")
+    # A small receive buffer so the server's writes stall quickly.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     # Cheap requests (health checks): the point is the stalled writes, not server CPU.
-    batch = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    batch = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200
     closed = None
     try:
         while time.monotonic() - t0 < limit:
-            w.write(batch)
-            await asyncio.wait_for(w.drain(), limit)
-    except (ConnectionError, OSError, asyncio.TimeoutError) as e:
-        closed = time.monotonic() - t0 if not isinstance(e, asyncio.TimeoutError) else None
+            if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != 1:  # 1 = ESTABLISHED
+                closed = time.monotonic() - t0
+                break
+            if w.transport.get_write_buffer_size() < 65536:
+                w.write(batch)
+            await asyncio.sleep(0.1)
+    except (ConnectionError, OSError):
+        closed = time.monotonic() - t0
     results.append(closed)
     w.transport.abort()
 
