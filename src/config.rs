@@ -181,6 +181,9 @@ pub struct HttpConfig {
     /// A connection whose peer takes no bytes for this long while a response is being written
     /// is closed (clients that never read).
     pub write_timeout_ms: u64,
+    /// `SO_SNDBUF` of accepted connections; 0: the kernel's autotuning. Small enough that a
+    /// client that never reads stalls the server's writes (and meets `write_timeout_ms`).
+    pub socket_send_buffer_bytes: usize,
     /// Open connections per listener; past it the listener stops accepting until one closes.
     pub max_connections: usize,
     /// Largest request body on public routes other than GET/HEAD; larger gets 413.
@@ -275,6 +278,7 @@ impl Default for HttpConfig {
             keepalive_idle_ms: 75_000,
             h2_max_concurrent_streams: 128,
             write_timeout_ms: 10_000,
+            socket_send_buffer_bytes: 64 << 10,
             max_connections: 20_000,
             max_body_bytes: 1 << 20,
             max_inflight: 4096,

@@ -169,6 +169,7 @@ struct Listener {
     max_connections: usize,
     write_timeout: Duration,
     idle_timeout: Duration,
+    send_buffer: usize,
 }
 
 impl Listener {
@@ -179,6 +180,7 @@ impl Listener {
             what,
             max_connections: http.max_connections,
             write_timeout: Duration::from_millis(http.write_timeout_ms),
+            send_buffer: http.socket_send_buffer_bytes,
             idle_timeout: Duration::from_millis(http.keepalive_idle_ms),
         }
     }
@@ -232,6 +234,11 @@ async fn accept_loop<S, F>(
             }
         };
         let _ = stream.set_nodelay(true);
+        if l.send_buffer > 0 {
+            // A fixed send buffer (instead of the kernel's autotuning to MiBs) makes the writes to
+            // a client that never reads stall early, so the write deadline can close it.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(l.send_buffer);
+        }
         let service = make(peer.ip());
         let stream = io::Deadlines::new(stream, l.write_timeout, l.idle_timeout);
         let watcher = graceful.watcher();
