@@ -113,8 +113,11 @@ fn bench(c: &mut Criterion) {
         })
     });
     // What audience work adds, part by part.
-    c.bench_function("audience/is_bot (browser UA, full list)", |b| {
-        b.iter(|| black_box(cartlink::audience::is_bot(black_box(&headers))))
+    c.bench_function("audience/agent (cached User-Agent)", |b| {
+        b.iter(|| black_box(cartlink::audience::agent(black_box(&headers))))
+    });
+    c.bench_function("audience/agent scan (first sight: bots, device, app)", |b| {
+        b.iter(|| black_box(cartlink::audience::agent::scan(black_box(IPHONE.as_bytes()))))
     });
     let snap = app.state.load();
     let client: IpAddr = "203.0.113.77".parse().unwrap();

@@ -80,10 +80,16 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
     } else {
         s.workers
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    // One worker needs no work stealing: the current-thread scheduler does the same job with
+    // less cross-thread bookkeeping per task wake-up.
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
     let grace = s.drain_grace;
     rt.block_on(async {
         let public = tokio::net::TcpListener::bind(s.listen)

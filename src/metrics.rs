@@ -9,6 +9,8 @@
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 pub const REQUESTS: &str = "cartlink_requests_total";
 pub const REQUEST_DURATION: &str = "cartlink_http_request_duration_seconds";
@@ -128,7 +130,10 @@ pub struct Metrics {
     handle: PrometheusHandle,
     pub outcomes: Outcomes,
     pub duration: Histogram,
-    pub inflight: Gauge,
+    /// Public requests admitted and not yet answered; counted by the server's admission gate
+    /// and copied into `cartlink_inflight_requests` when scraped.
+    pub inflight: Arc<AtomicUsize>,
+    inflight_gauge: Gauge,
     pub signature: SignatureFailures,
     pub clicks_accepted: Counter,
     pub clicks_delivered: Counter,
@@ -237,7 +242,8 @@ impl Metrics {
                     method_not_allowed: outcome("method_not_allowed"),
                 },
                 duration: histogram!(REQUEST_DURATION),
-                inflight: gauge!(INFLIGHT),
+                inflight: Arc::new(AtomicUsize::new(0)),
+                inflight_gauge: gauge!(INFLIGHT),
                 signature: SignatureFailures {
                     malformed: sig("malformed"),
                     bad_mac: sig("bad_mac"),
@@ -295,6 +301,7 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.inflight_gauge.set(self.inflight.load(Ordering::Relaxed) as f64);
         self.handle.render()
     }
 

@@ -44,14 +44,15 @@ use tokio::sync::{watch, Semaphore};
 /// Admission for the public listener, shared by all its connections: the in-flight cap and
 /// the body limit, with the shed answer built once.
 struct Gate {
-    inflight: AtomicUsize,
+    /// Shared with the metrics, which report it as `cartlink_inflight_requests`.
+    inflight: Arc<AtomicUsize>,
     max_inflight: usize,
     max_body: usize,
     shed: Response<Body>,
 }
 
 impl Gate {
-    fn new(http: &HttpConfig) -> Gate {
+    fn new(http: &HttpConfig, inflight: Arc<AtomicUsize>) -> Gate {
         let mut shed = Response::new(Body::new(Bytes::from_static(b"overloaded, retry\n")));
         *shed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         let h = shed.headers_mut();
@@ -62,7 +63,7 @@ impl Gate {
         );
         h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Gate {
-            inflight: AtomicUsize::new(0),
+            inflight,
             max_inflight: http.max_inflight,
             max_body: http.max_body_bytes,
             shed,
@@ -299,7 +300,7 @@ pub async fn run(
     let (stop_public, public_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
     let builder = Arc::new(http_builder(&http));
-    let gate = Arc::new(Gate::new(&http));
+    let gate = Arc::new(Gate::new(&http, app.metrics.inflight.clone()));
     let public_service = {
         let app = app.clone();
         move |peer| Public {

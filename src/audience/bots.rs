@@ -5,8 +5,6 @@
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use regex::bytes::RegexSet;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 const LIST: &str = include_str!("bot_patterns.txt");
@@ -25,10 +23,7 @@ pub struct BotMatcher {
     literals: AhoCorasick,
     extra: AhoCorasick,
     regexes: RegexSet,
-    cache: Box<[AtomicU64]>,
 }
-
-const CACHE_SLOTS: usize = 4096;
 
 /// `Googlebot\/` → `Googlebot/`; `None` if the pattern needs a real regex.
 fn as_literal(p: &str) -> Option<String> {
@@ -68,28 +63,11 @@ impl BotMatcher {
                 .build(EXTRA)
                 .expect("static patterns build"),
             regexes: RegexSet::new(&res).expect("vendored regexes compile"),
-            cache: (0..CACHE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// The verdict for a User-Agent, from the cache when this exact string was seen lately.
+    /// Scans the whole list; `agent::of` caches the answer per User-Agent string.
     pub fn is_bot(&self, ua: &[u8]) -> bool {
-        // Traffic repeats a few thousand User-Agent strings; a direct-mapped cache of
-        // (63-bit hash, verdict) in atomic words answers those without scanning 1,500 patterns.
-        // A collision needs two strings with the same 63-bit hash; entries race benignly (a
-        // lost store only costs a rescan).
-        let h = rustc_hash::FxBuildHasher.hash_one(ua) | 1;
-        let slot = &self.cache[(h >> 52) as usize % CACHE_SLOTS];
-        let seen = slot.load(Ordering::Relaxed);
-        if seen >> 1 == h >> 1 && seen != 0 {
-            return seen & 1 == 1;
-        }
-        let bot = self.scan(ua);
-        slot.store((h & !1) | u64::from(bot), Ordering::Relaxed);
-        bot
-    }
-
-    fn scan(&self, ua: &[u8]) -> bool {
         self.literals.is_match(ua) || self.extra.is_match(ua) || self.regexes.is_match(ua)
     }
 
@@ -120,15 +98,5 @@ mod tests {
         assert_eq!(extra, EXTRA.len());
         assert_eq!(as_literal(r"Googlebot\/"), Some("Googlebot/".into()));
         assert_eq!(as_literal(r"AdsBot-Google([^-]|$)"), None);
-        // The cache answers like a scan, first time and again.
-        for ua in [
-            &b"facebookexternalhit/1.1"[..],
-            b"Mozilla/5.0 (iPhone) Instagram",
-            b"curl/8.0",
-        ] {
-            let want = BOTS.scan(ua);
-            assert_eq!(BOTS.is_bot(ua), want);
-            assert_eq!(BOTS.is_bot(ua), want);
-        }
     }
 }

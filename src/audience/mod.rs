@@ -2,62 +2,44 @@
 //! in-app browser, the client address behind the CDN and its anonymised form, country, and
 //! whether this human is new to the link (`unique`).
 
+pub mod agent;
 pub mod bots;
 pub mod client_ip;
 pub mod geo;
 pub mod unique;
 
-use crate::clicks::Device;
-use http::HeaderMap;
+pub use agent::Agent;
+use http::{HeaderMap, HeaderName};
 use std::net::IpAddr;
 
-/// True for crawlers, previews and prefetches: an empty or bot User-Agent, or a request that
-/// says it is a prefetch or preview.
-pub fn is_bot(headers: &HeaderMap) -> bool {
-    let ua = headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
-    if ua.is_empty() || bots::BOTS.is_bot(ua) {
-        return true;
-    }
-    let says = |name: &str, what: &[u8]| {
+const SEC_PURPOSE: HeaderName = HeaderName::from_static("sec-purpose");
+const PURPOSE: HeaderName = HeaderName::from_static("purpose");
+const X_PURPOSE: HeaderName = HeaderName::from_static("x-purpose");
+const X_MOZ: HeaderName = HeaderName::from_static("x-moz");
+
+/// What the request's User-Agent says (see [`agent`]); an absent one reads as empty, a bot.
+pub fn agent(headers: &HeaderMap) -> Agent {
+    agent::of(headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes()))
+}
+
+/// A request that says it is a prefetch or a link preview, whatever its User-Agent.
+pub fn is_prefetch(headers: &HeaderMap) -> bool {
+    let says = |name: &HeaderName, what: &[u8]| {
         headers
             .get_all(name)
             .iter()
             .any(|v| v.as_bytes().windows(what.len()).any(|w| w.eq_ignore_ascii_case(what)))
     };
-    says("sec-purpose", b"prefetch")
-        || says("purpose", b"prefetch")
-        || says("x-purpose", b"preview")
-        || says("x-moz", b"prefetch")
+    says(&SEC_PURPOSE, b"prefetch")
+        || says(&PURPOSE, b"prefetch")
+        || says(&X_PURPOSE, b"preview")
+        || says(&X_MOZ, b"prefetch")
 }
 
-/// Device class from the User-Agent.
-pub fn device(headers: &HeaderMap) -> Device {
-    let ua = headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
-    let has = |needle: &[u8]| memchr::memmem::find(ua, needle).is_some();
-    if has(b"iPhone") || has(b"iPad") || has(b"iPod") {
-        Device::Ios
-    } else if has(b"Android") {
-        Device::Android
-    } else if has(b"Windows") || has(b"Macintosh") || has(b"X11") || has(b"CrOS") {
-        Device::Desktop
-    } else {
-        Device::Other
-    }
-}
-
-/// The in-app browser a social app opened the link in, from its User-Agent marker.
-pub fn in_app(headers: &HeaderMap) -> Option<&'static str> {
-    let ua = headers.get(http::header::USER_AGENT)?.as_bytes();
-    let has = |needle: &[u8]| memchr::memmem::find(ua, needle).is_some();
-    if has(b"Instagram") {
-        Some("instagram")
-    } else if has(b"musical_ly") || has(b"BytedanceWebview") || has(b"TikTok") || has(b"trill_") {
-        Some("tiktok")
-    } else if has(b"FBAN/") || has(b"FBAV/") || has(b"FB_IAB") {
-        Some("facebook")
-    } else {
-        None
-    }
+/// True for crawlers, previews and prefetches: an empty or bot User-Agent, or a request that
+/// says it is a prefetch or preview.
+pub fn is_bot(headers: &HeaderMap) -> bool {
+    agent(headers).bot || is_prefetch(headers)
 }
 
 /// IPv4 to its /24, IPv6 to its /48: what records and logs may carry.
@@ -119,7 +101,7 @@ mod tests {
         }
         let insta = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0";
         assert!(!is_bot(&ua(insta)));
-        assert_eq!(device(&ua(insta)), Device::Ios);
+        assert_eq!(agent(&ua(insta)).device, crate::clicks::Device::Ios);
         let mut h = ua(insta);
         h.insert("sec-purpose", HeaderValue::from_static("prefetch;prerender"));
         assert!(is_bot(&h));

@@ -52,39 +52,6 @@ pub struct Click {
     pub attributed_to: Option<uuid::Uuid>,
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    v: u8,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    click_id: uuid::fmt::Hyphenated,
-    ts: &'a str,
-    link_id: &'a str,
-    creator: &'a str,
-    campaign: &'a str,
-    sub: Option<&'a str>,
-    country: Option<&'a str>,
-    device: Device,
-    bot: bool,
-    unique: bool,
-    app: Option<&'static str>,
-    referer_host: Option<&'a str>,
-    #[serde(serialize_with = "display")]
-    ip: IpAddr,
-    target_type: &'static str,
-    served: &'static str,
-    variant: Option<u8>,
-    oos: &'a [u64],
-    status: u16,
-    attributed_to: Option<uuid::fmt::Hyphenated>,
-    edge: &'a str,
-}
-
-/// Writes a value through `Display` without an intermediate `String`.
-fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
 /// RFC 3339 with milliseconds; the part up to the second is formatted once per second per
 /// thread, so encoding a batch does not run the date formatter for every record.
 struct Timestamp([u8; 24]);
@@ -110,11 +77,6 @@ impl Timestamp {
         out[23] = b'Z';
         Timestamp(out)
     }
-
-    fn as_str(&self) -> &str {
-        // Built from ASCII digits and the formatter's ASCII output.
-        std::str::from_utf8(&self.0).unwrap_or("")
-    }
 }
 
 /// `2026-11-27T03:35:32.123Z`
@@ -127,48 +89,207 @@ pub fn rfc3339_ms(ts_ms: u64) -> String {
     .unwrap_or_default()
 }
 
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Ios => "ios",
+            Device::Android => "android",
+            Device::Desktop => "desktop",
+            Device::Other => "other",
+        }
+    }
+}
+
 impl Click {
     /// Appends the record and a newline to `out`.
+    ///
+    /// Written by hand rather than through serde: the keys are literals, the link's strings
+    /// almost never need escaping, and this runs once per click on the server's own cores.
+    /// `tests::encoding_matches_serde_json` holds it to serde_json's output.
     pub fn encode(&self, edge: &str, out: &mut Vec<u8>) {
-        let ts = Timestamp::cached(self.ts_ms);
-        let ts = ts.as_str();
-        let country = self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok());
-        let wire = Wire {
-            v: 1,
-            kind: "click",
-            click_id: self.click_id.hyphenated(),
-            ts,
-            link_id: &self.link.id,
-            creator: &self.link.creator,
-            campaign: &self.link.campaign,
-            sub: self.sub.as_deref(),
-            country,
-            device: self.device,
-            bot: self.bot,
-            unique: self.unique,
-            app: self.app,
-            referer_host: self.referer_host.as_deref(),
-            ip: self.ip,
-            target_type: self.target_type.as_str(),
-            served: match self.served {
-                Served::Target => "target",
-                Served::Geo => "geo",
-                Served::Device => "device",
-                Served::Variant(_) => "variant",
-                Served::Fallback => "fallback",
-            },
-            variant: match self.served {
-                Served::Variant(i) => Some(i),
-                _ => None,
-            },
-            oos: &self.oos,
-            status: self.status,
-            attributed_to: self.attributed_to.map(|u| u.hyphenated()),
-            edge,
+        let mut idbuf = uuid::Uuid::encode_buffer();
+        out.extend_from_slice(b"{\"v\":1,\"type\":\"click\",\"click_id\":\"");
+        out.extend_from_slice(self.click_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+        out.extend_from_slice(b"\",\"ts\":\"");
+        out.extend_from_slice(&Timestamp::cached(self.ts_ms).0);
+        out.extend_from_slice(b"\",\"link_id\":");
+        json_str(out, &self.link.id);
+        out.extend_from_slice(b",\"creator\":");
+        json_str(out, &self.link.creator);
+        out.extend_from_slice(b",\"campaign\":");
+        json_str(out, &self.link.campaign);
+        out.extend_from_slice(b",\"sub\":");
+        json_opt(out, self.sub.as_deref());
+        out.extend_from_slice(b",\"country\":");
+        json_opt(out, self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()));
+        out.extend_from_slice(b",\"device\":\"");
+        out.extend_from_slice(self.device.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"bot\":");
+        out.extend_from_slice(if self.bot { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"unique\":");
+        out.extend_from_slice(if self.unique { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"app\":");
+        json_opt(out, self.app);
+        out.extend_from_slice(b",\"referer_host\":");
+        json_opt(out, self.referer_host.as_deref());
+        out.extend_from_slice(b",\"ip\":\"");
+        push_ip(out, self.ip);
+        out.extend_from_slice(b"\",\"target_type\":\"");
+        out.extend_from_slice(self.target_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"served\":\"");
+        out.extend_from_slice(match self.served {
+            Served::Target => b"target\",\"variant\":null".as_slice(),
+            Served::Geo => b"geo\",\"variant\":null",
+            Served::Device => b"device\",\"variant\":null",
+            Served::Fallback => b"fallback\",\"variant\":null",
+            Served::Variant(_) => b"variant\",\"variant\":",
+        });
+        if let Served::Variant(i) = self.served {
+            out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+        }
+        out.extend_from_slice(b",\"oos\":[");
+        let mut num = itoa::Buffer::new();
+        for (i, v) in self.oos.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(num.format(*v).as_bytes());
+        }
+        out.extend_from_slice(b"],\"status\":");
+        out.extend_from_slice(num.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"attributed_to\":");
+        match self.attributed_to {
+            Some(u) => {
+                out.push(b'"');
+                out.extend_from_slice(u.hyphenated().encode_lower(&mut idbuf).as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"edge\":");
+        json_str(out, edge);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// A JSON string; the common case (nothing to escape) is a copy.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(num.format(o).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// The record as serde_json renders it, field by field from the spec: the oracle.
+    fn oracle(c: &Click, edge: &str) -> Value {
+        let (served, variant) = match c.served {
+            Served::Target => ("target", None),
+            Served::Geo => ("geo", None),
+            Served::Device => ("device", None),
+            Served::Fallback => ("fallback", None),
+            Served::Variant(i) => ("variant", Some(i)),
         };
-        debug_assert_eq!(ts, rfc3339_ms(self.ts_ms));
-        // Writing into a Vec cannot fail, and every field serializes.
-        serde_json::to_writer(&mut *out, &wire).expect("click record serializes");
-        out.push(b'\n');
+        json!({
+            "v": 1, "type": "click", "click_id": c.click_id.to_string(), "ts": rfc3339_ms(c.ts_ms),
+            "link_id": &*c.link.id, "creator": &*c.link.creator, "campaign": &*c.link.campaign,
+            "sub": c.sub.as_deref(), "country": c.country.map(|cc| String::from_utf8_lossy(&cc).into_owned()),
+            "device": c.device, "bot": c.bot, "unique": c.unique, "app": c.app,
+            "referer_host": c.referer_host.as_deref(), "ip": c.ip.to_string(),
+            "target_type": c.target_type.as_str(), "served": served, "variant": variant,
+            "oos": &*c.oos, "status": c.status,
+            "attributed_to": c.attributed_to.map(|u| u.to_string()), "edge": edge,
+        })
+    }
+
+    fn link(creator: &str, campaign: &str) -> Arc<Link> {
+        let line = json!({"id": "ab-1", "creator": creator, "campaign": campaign,
+            "target": {"type": "url", "url": "https://a.example/"}});
+        let table = crate::links::parse(&line.to_string(), "t").unwrap();
+        table.get(b"ab-1").unwrap().clone()
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_matches_serde_json(
+            creator in "\\PC{1,12}|[a-z\"\\\\é]{1,8}",
+            campaign in "\\PC{1,12}",
+            sub in proptest::option::of("[a-z0-9._~:-]{1,20}"),
+            referer in proptest::option::of("\\PC{1,20}|[a-z\"\\\\\u{0}-\u{1f}\u{7f}]{1,8}"),
+            edge in "\\PC{0,8}",
+            ts_ms in 0u64..4_102_444_800_000,
+            ip in any::<u32>(),
+            v6 in any::<u128>(),
+            use_v6 in any::<bool>(),
+            served in 0u8..6,
+            oos in proptest::collection::vec(any::<u64>(), 0..3),
+            flags in any::<(bool, bool, bool, bool)>(),
+            id in any::<u128>(),
+        ) {
+            let c = Click {
+                click_id: uuid::Uuid::from_u128(id),
+                ts_ms,
+                link: link(&creator, &campaign),
+                sub: sub.map(String::into_boxed_str),
+                country: flags.0.then_some(*b"DE"),
+                device: [Device::Ios, Device::Android, Device::Desktop, Device::Other][(id % 4) as usize],
+                bot: flags.1,
+                unique: flags.2,
+                app: flags.3.then_some("instagram"),
+                referer_host: referer.map(String::into_boxed_str),
+                ip: if use_v6 { IpAddr::from(v6.to_be_bytes()) } else { IpAddr::from(ip.to_be_bytes()) },
+                served: match served {
+                    0 => Served::Target,
+                    1 => Served::Geo,
+                    2 => Served::Device,
+                    3 => Served::Fallback,
+                    n => Served::Variant(n * 40),
+                },
+                oos: oos.into_boxed_slice(),
+                target_type: TargetType::ShopifyCart,
+                status: 302,
+                attributed_to: flags.1.then(|| uuid::Uuid::from_u128(id ^ 1)),
+            };
+            let mut out = Vec::new();
+            c.encode(&edge, &mut out);
+            prop_assert_eq!(out.pop(), Some(b'\n'));
+            prop_assert!(!out.contains(&b'\n'));
+            let got: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(got, oracle(&c, &edge));
+        }
     }
 }

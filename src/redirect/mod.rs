@@ -44,9 +44,7 @@ const MAX_SUB: usize = 64;
 /// Answers one public request.
 pub fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
     let started = Instant::now();
-    app.metrics.inflight.increment(1.0);
     let resp = route(app, method, uri, headers, peer);
-    app.metrics.inflight.decrement(1.0);
     app.metrics.duration.record(started.elapsed().as_secs_f64());
     resp
 }
@@ -82,8 +80,9 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let view = &*snap.view;
     let client = view.client_ip.resolve(peer, headers);
     let now_ms = now_ms();
-    let bot = is_head || audience::is_bot(headers);
-    let device = audience::device(headers);
+    let agent = audience::agent(headers);
+    let bot = is_head || agent.bot || audience::is_prefetch(headers);
+    let device = agent.device;
     let country = country(view, peer, client, headers);
     let (mut dest, mut served) = choose(
         &snap,
@@ -202,7 +201,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             device,
             bot,
             unique,
-            app: audience::in_app(headers),
+            app: agent.app,
             referer_host: audience::referer_host(headers),
             ip: audience::anonymize(client),
             served,

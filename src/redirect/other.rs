@@ -21,9 +21,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    app.metrics.inflight.increment(1.0);
     let resp = route(app, req).await;
-    app.metrics.inflight.decrement(1.0);
     resp
 }
 

@@ -16,43 +16,73 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{sleep, Instant, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 pub struct Deadlines<T> {
     inner: T,
-    write_timeout: Duration,
-    idle_timeout: Duration,
-    write_timer: Option<Pin<Box<Sleep>>>,
-    idle_timer: Option<Pin<Box<Sleep>>>,
+    write: Deadline,
+    idle: Deadline,
+}
+
+/// One deadline. Its timer is made once per connection and then only moved: progress just
+/// marks it stale, and the next `Pending` pushes it out (for tokio a later deadline is an
+/// atomic update, not a trip through the timer wheel), so a busy keep-alive connection does
+/// not allocate, register and cancel a timer per request.
+struct Deadline {
+    after: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Progress since the timer was last set: it must restart from the next `Pending`.
+    stale: bool,
+}
+
+impl Deadline {
+    fn new(after: Duration) -> Deadline {
+        Deadline {
+            after,
+            timer: None,
+            stale: true,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.stale = true;
+    }
+
+    /// Called on `Pending`: starts the deadline if progress was made since it was set, and
+    /// polls it; true means it has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.stale {
+            self.stale = false;
+            let at = Instant::now() + self.after;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(sleep_until(at))),
+            }
+        }
+        let Some(t) = &mut self.timer else { return false };
+        if t.as_mut().poll(cx).is_ready() {
+            // Re-arm so a caller that polls again after the error does not spin.
+            self.stale = true;
+            return true;
+        }
+        false
+    }
 }
 
 impl<T> Deadlines<T> {
     pub fn new(inner: T, write_timeout: Duration, idle_timeout: Duration) -> Self {
         Deadlines {
             inner,
-            write_timeout,
-            idle_timeout,
-            write_timer: None,
-            idle_timer: None,
+            write: Deadline::new(write_timeout),
+            idle: Deadline::new(idle_timeout),
         }
     }
 
     /// Bytes written: both deadlines start over.
     fn progress(&mut self) {
-        self.write_timer = None;
-        self.idle_timer = None;
+        self.write.progress();
+        self.idle.progress();
     }
-}
-
-/// Polls (arming if needed) a deadline; `Ready` means it has passed.
-fn expired(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration, cx: &mut Context<'_>) -> bool {
-    let t = timer.get_or_insert_with(|| Box::pin(sleep(after)));
-    if t.as_mut().poll(cx).is_ready() {
-        // Re-arm so a caller that polls again after the error does not spin.
-        t.as_mut().reset(Instant::now() + after);
-        return true;
-    }
-    false
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
@@ -64,12 +94,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
                 // Reading is progress for the idle deadline only: a client that keeps sending
                 // but never reads must still hit the write deadline.
                 if buf.filled().len() > before {
-                    this.idle_timer = None;
+                    this.idle.progress();
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if expired(&mut this.idle_timer, this.idle_timeout, cx) {
+                if this.idle.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
                 }
                 Poll::Pending
@@ -89,7 +119,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if expired(&mut this.write_timer, this.write_timeout, cx) {
+                if this.write.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")));
                 }
                 Poll::Pending
@@ -111,7 +141,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if expired(&mut this.write_timer, this.write_timeout, cx) {
+                if this.write.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")));
                 }
                 Poll::Pending
@@ -127,11 +157,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Ready(r) => {
-                this.write_timer = None;
+                this.write.progress();
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if expired(&mut this.write_timer, this.write_timeout, cx) {
+                if this.write.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")));
                 }
                 Poll::Pending
