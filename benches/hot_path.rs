@@ -134,7 +134,7 @@ fn bench(c: &mut Criterion) {
             n_unique = n_unique.wrapping_add(1);
             black_box(
                 app.unique
-                    .check_and_insert(client, IPHONE.as_bytes(), if n_unique % 2 == 0 { "a" } else { "b" }),
+                    .check_and_insert(client, 0x1234_5678_9abc_def0, if n_unique % 2 == 0 { "a" } else { "b" }),
             )
         })
     });

@@ -29,9 +29,15 @@ const FILLED: u64 = 0x80;
 
 static CACHE: LazyLock<Box<[AtomicU64]>> = LazyLock::new(|| (0..SLOTS).map(|_| AtomicU64::new(0)).collect());
 
-/// The answer for `ua`, from the cache when this exact string was seen lately.
-pub fn of(ua: &[u8]) -> Agent {
-    let h = rustc_hash::FxBuildHasher.hash_one(ua);
+/// A User-Agent's 64-bit hash: the cache key here, and the User-Agent's part of the unique
+/// filter's key.
+pub fn hash(ua: &[u8]) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(ua)
+}
+
+/// The answer for `ua` (whose [`hash`] is `h`), from the cache when this exact string was
+/// seen lately.
+pub fn of(ua: &[u8], h: u64) -> Agent {
     let slot = &CACHE[(h >> 52) as usize % SLOTS];
     let seen = slot.load(Ordering::Relaxed);
     if seen & FILLED != 0 && seen >> 8 == h >> 8 {
@@ -118,10 +124,11 @@ mod tests {
             b"",
         ] {
             let want = scan(ua);
-            assert_eq!(of(ua), want, "{}", String::from_utf8_lossy(ua));
-            assert_eq!(of(ua), want, "cached: {}", String::from_utf8_lossy(ua));
+            assert_eq!(of(ua, hash(ua)), want, "{}", String::from_utf8_lossy(ua));
+            assert_eq!(of(ua, hash(ua)), want, "cached: {}", String::from_utf8_lossy(ua));
         }
-        assert_eq!(of(b"Mozilla/5.0 (iPhone) Instagram 305.0").app, Some("instagram"));
-        assert_eq!(of(b"Mozilla/5.0 (iPhone) Instagram 305.0").device, Device::Ios);
+        let insta = b"Mozilla/5.0 (iPhone) Instagram 305.0";
+        assert_eq!(of(insta, hash(insta)).app, Some("instagram"));
+        assert_eq!(of(insta, hash(insta)).device, Device::Ios);
     }
 }

@@ -3,7 +3,7 @@
 //! the rightmost untrusted hop of `X-Forwarded-For` (all of its lines, in order) or
 //! `Forwarded: for=`. From an untrusted peer these headers are ignored.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -13,9 +13,12 @@ const MAX_HOPS: usize = 64;
 #[derive(Debug, Clone, Default)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
-    /// Lower-case header name of the CDN's own client-address header; empty: none.
-    cdn_header: String,
+    /// The CDN's own client-address header, if configured.
+    cdn_header: Option<HeaderName>,
 }
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 impl ClientIp {
     pub fn new(trusted: &[String], cdn_header: &str) -> Result<ClientIp, String> {
@@ -27,10 +30,12 @@ impl ClientIp {
                     .map_err(|_| format!("trusted_proxies: `{t}` is not a CIDR or address"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(ClientIp {
-            trusted,
-            cdn_header: cdn_header.trim().to_ascii_lowercase(),
-        })
+        let cdn_header = cdn_header.trim();
+        let cdn_header = (!cdn_header.is_empty())
+            .then(|| HeaderName::from_bytes(cdn_header.as_bytes()))
+            .transpose()
+            .map_err(|_| format!("client_ip_header: `{cdn_header}` is not a header name"))?;
+        Ok(ClientIp { trusted, cdn_header })
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -44,38 +49,28 @@ impl ClientIp {
         if self.trusted.is_empty() || !self.is_trusted(peer) {
             return peer;
         }
-        if !self.cdn_header.is_empty() {
-            if let Some(ip) = headers
-                .get(self.cdn_header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_hop)
-            {
+        if let Some(name) = &self.cdn_header {
+            if let Some(ip) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(parse_hop) {
                 return ip;
             }
         }
-        let xff: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        if !xff.is_empty() {
-            return self.rightmost_untrusted(peer, xff.iter().rev().copied());
+        // Right to left over every line of the header, without collecting the hops.
+        let lines = |name| headers.get_all(name).iter().rev().filter_map(|v| v.to_str().ok());
+        let mut xff = lines(&X_FORWARDED_FOR).flat_map(|v| v.rsplit(',')).peekable();
+        if xff.peek().is_some() {
+            return self.rightmost_untrusted(peer, xff);
         }
-        let fwd: Vec<&str> = headers
-            .get_all("forwarded")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+        let mut fwd = lines(&FORWARDED)
+            .flat_map(|v| v.rsplit(','))
             .filter_map(|elem| {
                 elem.split(';').find_map(|pair| {
                     let (k, v) = pair.split_once('=')?;
                     k.trim().eq_ignore_ascii_case("for").then_some(v)
                 })
             })
-            .collect();
-        if !fwd.is_empty() {
-            return self.rightmost_untrusted(peer, fwd.iter().rev().copied());
+            .peekable();
+        if fwd.peek().is_some() {
+            return self.rightmost_untrusted(peer, fwd);
         }
         peer
     }

@@ -9,31 +9,31 @@ pub mod geo;
 pub mod unique;
 
 pub use agent::Agent;
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use std::net::IpAddr;
 
-const SEC_PURPOSE: HeaderName = HeaderName::from_static("sec-purpose");
-const PURPOSE: HeaderName = HeaderName::from_static("purpose");
-const X_PURPOSE: HeaderName = HeaderName::from_static("x-purpose");
-const X_MOZ: HeaderName = HeaderName::from_static("x-moz");
-
-/// What the request's User-Agent says (see [`agent`]); an absent one reads as empty, a bot.
-pub fn agent(headers: &HeaderMap) -> Agent {
-    agent::of(headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes()))
+/// The request's User-Agent; an absent one reads as empty (which is a bot).
+pub fn user_agent(headers: &HeaderMap) -> &[u8] {
+    headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes())
 }
 
-/// A request that says it is a prefetch or a link preview, whatever its User-Agent.
+/// What the request's User-Agent says (see [`agent`]).
+pub fn agent(headers: &HeaderMap) -> Agent {
+    let ua = user_agent(headers);
+    agent::of(ua, agent::hash(ua))
+}
+
+/// A request that says it is a prefetch or a link preview, whatever its User-Agent. One pass
+/// over the few headers a request has, instead of a hashed lookup per name.
 pub fn is_prefetch(headers: &HeaderMap) -> bool {
-    let says = |name: &HeaderName, what: &[u8]| {
-        headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.as_bytes().windows(what.len()).any(|w| w.eq_ignore_ascii_case(what)))
-    };
-    says(&SEC_PURPOSE, b"prefetch")
-        || says(&PURPOSE, b"prefetch")
-        || says(&X_PURPOSE, b"preview")
-        || says(&X_MOZ, b"prefetch")
+    headers.iter().any(|(name, v)| {
+        let what: &[u8] = match name.as_str() {
+            "sec-purpose" | "purpose" | "x-moz" => b"prefetch",
+            "x-purpose" => b"preview",
+            _ => return false,
+        };
+        v.as_bytes().windows(what.len()).any(|w| w.eq_ignore_ascii_case(what))
+    })
 }
 
 /// True for crawlers, previews and prefetches: an empty or bot User-Agent, or a request that

@@ -172,9 +172,22 @@ impl Click {
     }
 }
 
+/// Bytes JSON strings must escape: control characters, `"` and `\`.
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// A JSON string; the common case (nothing to escape) is a copy.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !s.bytes().any(|b| ESCAPE[b as usize]) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

@@ -55,7 +55,10 @@ pub fn write(
     n += MAC_LEN;
     out.push_str(name);
     out.push('=');
-    URL_SAFE_NO_PAD.encode_string(&payload[..n], out);
+    let mut text = [0u8; MAX_VALUE];
+    // The payload is at most 553 bytes, so its encoding fits; base64 is ASCII.
+    let len = URL_SAFE_NO_PAD.encode_slice(&payload[..n], &mut text).unwrap_or(0);
+    out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
 }
 
 /// The single valid, unexpired attribution cookie in the request, if there is exactly one.

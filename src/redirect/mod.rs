@@ -80,7 +80,9 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let view = &*snap.view;
     let client = view.client_ip.resolve(peer, headers);
     let now_ms = now_ms();
-    let agent = audience::agent(headers);
+    let ua = audience::user_agent(headers);
+    let ua_hash = audience::agent::hash(ua);
+    let agent = audience::agent::of(ua, ua_hash);
     let bot = is_head || agent.bot || audience::is_prefetch(headers);
     let device = agent.device;
     let country = country(view, peer, client, headers);
@@ -180,10 +182,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         _ => m.outcomes.redirect.increment(1),
     }
     if !is_head {
-        let ua = headers
-            .get(http::header::USER_AGENT)
-            .map_or(&b""[..], HeaderValue::as_bytes);
-        let unique = !bot && app.unique.check_and_insert(client, ua, &link.id);
+        let unique = !bot && app.unique.check_and_insert(client, ua_hash, &link.id);
         if bot {
             m.bot_clicks.increment(1);
         } else {
