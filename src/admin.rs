@@ -96,7 +96,31 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             admin_api(app, req, path).await
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        _ => wrong_method_or_not_found(&path),
+    }
+}
+
+/// The methods each admin-listener path answers, for the `Allow` header of a 405.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/metrics" | "/healthz" | "/readyz" => Some("GET"),
+        "/admin/reload" | "/admin/inventory" => Some("POST"),
+        "/admin/links" => Some("PUT"),
+        p if p.starts_with("/admin/inventory/") || p.starts_with("/admin/links/") => Some("GET"),
+        _ => None,
+    }
+}
+
+/// A known path asked with a method it does not have is a 405 naming the ones it has.
+fn wrong_method_or_not_found(path: &str) -> Response<Body> {
+    match allowed_methods(path) {
+        Some(allow) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", "text/plain");
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+        None => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
     }
 }
 
@@ -209,7 +233,7 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                 None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such link"})),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        _ => wrong_method_or_not_found(&path),
     }
 }
 

@@ -332,3 +332,26 @@ fn a_held_request_fills_the_only_slot() {
     assert!(raw.starts_with(b"HTTP/1.1 405"));
     assert_eq!(s.get(&path_for("kit"), &[("User-Agent", IPHONE)]).status, 302);
 }
+
+#[test]
+fn admin_paths_asked_with_another_method_are_405_with_allow() {
+    let s = Server::start("edge-admin-405", LINKS, &[]);
+    for (method, path, allow) in [
+        ("GET", "/admin/reload", "POST"),
+        ("DELETE", "/admin/links", "PUT"),
+        ("PUT", "/admin/inventory", "POST"),
+        ("POST", "/admin/links/kit", "GET"),
+        ("DELETE", "/admin/inventory/1", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("PUT", "/readyz", "GET"),
+    ] {
+        let r = s.admin(method, path, b"");
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    assert_eq!(s.admin("GET", "/admin/nothing-here", b"").status, 404);
+    assert_eq!(s.admin("GET", "/nothing-here", b"").status, 404);
+    // Still 401 before anything else without the token.
+    let r = request(s.admin, "DELETE", "/admin/reload", &[], b"");
+    assert_eq!(r.status, 401);
+}

@@ -23,7 +23,7 @@ if [ -z "${CARTLINK_BIN:-}" ]; then
   CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build --release --quiet
   CARTLINK_BIN=target/release/cartlink
 fi
-# The server and the measuring client run SCHED_FIFO (the attackers drop to SCHED_IDLE): on a
+# The server and the measuring client run SCHED_FIFO (the attackers drop to SCHED_OTHER): on a
 # shared machine another process on their core otherwise adds milliseconds to the p99 (a busy
 # loop on core 0 took a clean p99 from 0.54 to 2.9 ms at normal priority, 0.58 ms with FIFO).
 # PRIO= (empty) runs them at normal priority.
