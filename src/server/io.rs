@@ -24,14 +24,16 @@ pub struct Deadlines<T> {
     idle: Deadline,
 }
 
-/// One deadline. Its timer is made once per connection and then only moved: progress just
-/// marks it stale, and the next `Pending` pushes it out (for tokio a later deadline is an
-/// atomic update, not a trip through the timer wheel), so a busy keep-alive connection does
-/// not allocate, register and cancel a timer per request.
+/// One deadline. Its timer is made once per connection and never moved on the busy path:
+/// progress only marks the deadline stale, the next `Pending` notes when it restarts, and a
+/// timer that fires before the current deadline is pushed out then — once per timeout period
+/// at most, instead of a trip through the timer wheel per request.
 struct Deadline {
     after: Duration,
     timer: Option<Pin<Box<Sleep>>>,
-    /// Progress since the timer was last set: it must restart from the next `Pending`.
+    /// When the current deadline started (the first `Pending` after progress).
+    since: Instant,
+    /// Progress since `since`: the deadline restarts at the next `Pending`.
     stale: bool,
 }
 
@@ -40,6 +42,7 @@ impl Deadline {
         Deadline {
             after,
             timer: None,
+            since: Instant::now(),
             stale: true,
         }
     }
@@ -48,24 +51,27 @@ impl Deadline {
         self.stale = true;
     }
 
-    /// Called on `Pending`: starts the deadline if progress was made since it was set, and
+    /// Called on `Pending`: starts the deadline if progress was made since it started, and
     /// polls it; true means it has passed.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.stale {
             self.stale = false;
-            let at = Instant::now() + self.after;
-            match &mut self.timer {
-                Some(t) => t.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(sleep_until(at))),
+            self.since = Instant::now();
+        }
+        let due = self.since + self.after;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(sleep_until(due)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
             }
+            if Instant::now() >= due {
+                // Restart, so a caller that polls again after the error does not spin.
+                self.stale = true;
+                return true;
+            }
+            // Set for an earlier deadline: move it to this one and wait again.
+            timer.as_mut().reset(due);
         }
-        let Some(t) = &mut self.timer else { return false };
-        if t.as_mut().poll(cx).is_ready() {
-            // Re-arm so a caller that polls again after the error does not spin.
-            self.stale = true;
-            return true;
-        }
-        false
     }
 }
 
