@@ -166,7 +166,7 @@ impl App {
         let mut src = self.reload.lock().expect("reload lock");
         let result = (|| {
             let settings = Config::load(&src.config_path, src.explicit, env)?.validate(env)?;
-            let table = links::load(&settings.links)?;
+            let table = in_background(|| links::load(&settings.links).map(|t| self.prepare(t)))?;
             let view = View::from_settings(&settings).map_err(ReloadError::Other)?;
             Ok::<_, ReloadError>((settings, table, view))
         })();
@@ -179,7 +179,9 @@ impl App {
     /// first so a later reload or restart serves the same table.
     pub fn replace_links(&self, text: &str) -> Result<u64, ReloadError> {
         let src = self.reload.lock().expect("reload lock");
-        let table = self.counted(links::parse(text, "request body").map_err(ReloadError::from))?;
+        let table = in_background(|| links::parse(text, "request body").map(|t| self.prepare(t)));
+        let table = table.map_err(ReloadError::from);
+        let table = self.counted(table)?;
         let tmp = src.links_path.with_extension("jsonl.tmp");
         let write = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &src.links_path));
         self.counted(write.map_err(|e| ReloadError::Other(format!("{}: {e}", src.links_path.display()))))?;
@@ -194,23 +196,54 @@ impl App {
         r
     }
 
+    /// What a new table needs from the running one before it serves: the `max_clicks` counters
+    /// and the stock slots.
+    fn prepare(&self, table: LinkTable) -> LinkTable {
+        table.inherit_counters(&self.state.load().links);
+        table.bind_stock(&self.inventory);
+        table
+    }
+
     fn install(&self, src: &ReloadSource, table: LinkTable, view: Option<Arc<View>>) -> u64 {
         let old = self.state.load();
-        table.inherit_counters(&old.links);
-        table.bind_stock(&self.inventory);
         let generation = old.generation + 1;
         let links = table.len();
-        self.state.store(Arc::new(Snapshot {
+        let new = Arc::new(Snapshot {
             generation,
             links: table,
             keys: src.keys.clone(),
             edge: old.edge.clone(),
             view: view.unwrap_or_else(|| old.view.clone()),
-        }));
+        });
+        drop(old);
+        let old = self.state.swap(new);
+        // Free the old table here, not on a serving thread: a request still holding it would
+        // otherwise drop the last reference and free a million links between two answers.
+        in_background(move || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(old);
+        });
         self.metrics.config_generation.set(generation as f64);
         self.metrics.links_loaded.set(links as f64);
         self.metrics.reloads.increment(1);
         tracing::info!(generation, links, "links table swapped");
         generation
     }
+}
+
+/// Runs a reload's parsing on its own thread at a lower CPU priority (nice 10; the parser's
+/// threads inherit it), so on a busy core it yields to the threads answering requests.
+fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Linux applies this to the calling thread only. Failing to lower it is harmless.
+            let _ = rustix::process::setpriority_process(None, 10);
+            work()
+        })
+        .join()
+        .expect("reload thread panicked")
+    })
 }
