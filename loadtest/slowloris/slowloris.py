@@ -3,9 +3,10 @@
 
 Phase 1 (clean): oha sends GETs of a signed link at a fixed RATE (open loop, latency corrected)
 over CONNS keep-alive connections for DURATION s.
-Phase 2 (attack): the same oha command while, in a separate lower-priority process, SLOW
-connections trickle one header line every TRICKLE s (never finishing the head) and NOREAD
-connections pipeline requests and never read; each slot reconnects as soon as it is closed.
+Phase 2 (attack): the same oha command while, in a separate process, SLOW connections trickle
+one header line every TRICKLE s (never finishing the head) and NOREAD connections pipeline
+requests and never read; each slot reconnects as soon as it is closed.
+Phase 3 (clean 2): the same oha command again once the attackers are gone.
 
 When is a connection "closed"? A slowloris connection sees the server's FIN. A never-reading
 one may not: when the server closes it with its responses still unsent, the FIN waits behind
@@ -14,9 +15,11 @@ orphaned); the client sees the close only when it is a reset (the server had unr
 So a never-read connection counts as closed at whichever comes first: the client sees FIN or
 RST, or the server-side socket leaves ESTABLISHED (read with `ss`, same machine).
 
-Verdict: PASS when the attack p99 <= 1.2 x the clean p99, no legit request failed in either
-phase, every slow connection was closed within header_read_timeout + TOLERANCE s of opening,
-and every never-read connection within write_timeout + TOLERANCE s of opening.
+Verdict: PASS when the attack p99 <= 1.2 x the clean p99, no legit request failed, every slow
+connection was closed within header_read_timeout + TOLERANCE s of opening, and every
+never-read connection within write_timeout + TOLERANCE s of opening. The two clean runs bound
+the machine's noise: the ratio is judged against both (see judge()), INCONCLUSIVE when they
+disagree by more than the 1.2 margin in a way that decides the verdict.
 
     python3 loadtest/slowloris/slowloris.py --addr 127.0.0.1:8080 --path /kit.SIG
 """
@@ -62,6 +65,18 @@ def show(name, r):
     extra = f" {r['codes']} {r['errs']}" if r["errors"] else ""
     return (f"{name}: n={r['n']} errors={r['errors']} p50={r['p50']:.3f}ms p99={r['p99']:.3f}ms"
             f" p99.9={r['p999']:.3f}ms{extra}")
+
+
+def judge(clean1, under, clean2, limit=1.2):
+    """Attack p99 against the two clean runs around it (before and after the attack). PASS when
+    it is within LIMIT x even of the better clean p99, FAIL when above LIMIT x even of the worse
+    one, INCONCLUSIVE in between: the machine's own noise (the clean runs disagreeing) is then
+    larger than the effect to be judged. With equal clean runs this is the plain ratio."""
+    lo, hi = sorted((clean1["p99"], clean2["p99"]))
+    r_best, r_worst = under["p99"] / lo, under["p99"] / hi
+    word = "PASS" if r_best <= limit else "FAIL" if r_worst > limit else "INCONCLUSIVE"
+    ratio = f"{r_worst:.2f}" if lo == hi else f"{r_worst:.2f}-{r_best:.2f}"
+    return word, f"p99 ratio {ratio} vs <= {limit}"
 
 
 def attack_child(argv):
@@ -114,11 +129,9 @@ class ServerSide:
     async def run(self, end):
         while time.monotonic() < end:
             t = time.monotonic()
-            p = await asyncio.create_subprocess_exec(
-                "ss", "-Htn", "state", "established", f"( sport = :{self.port} )",
-                stdout=asyncio.subprocess.PIPE)
-            out, _ = await p.communicate()
-            self.estab = {int(line.split()[-1].rsplit(":", 1)[1]) for line in out.decode().splitlines() if line}
+            ss = ["ss", "-Htn", "state", "established", f"( sport = :{self.port} )"]
+            out = (await asyncio.to_thread(subprocess.run, ss, capture_output=True, text=True)).stdout
+            self.estab = {int(line.split()[-1].rsplit(":", 1)[1]) for line in out.splitlines() if line}
             self.at = t
             await asyncio.sleep(self.POLL)
 
@@ -218,15 +231,18 @@ def main():
 
     need_oha()
     clean = oha(a.addr, a.path, a.rate, a.duration, a.conns)
-    print(show("clean ", clean), flush=True)
+    print(show("clean  ", clean), flush=True)
     # The attack starts one write timeout + 1 s before the measurement (every slot has connected
     # and the staggered never-readers are all in) and ends 2 s after it.
     lead = a.write_timeout + 1
     child = attack_child([__file__, "--attack-only", *sys.argv[1:], "--duration", str(lead + a.duration + 2)])
     time.sleep(lead)
     under = oha(a.addr, a.path, a.rate, a.duration, a.conns)
-    print(show("attack", under) + f" ({a.slow} slowloris + {a.noread} never-reading slots)", flush=True)
+    print(show("attack ", under) + f" ({a.slow} slowloris + {a.noread} never-reading slots)", flush=True)
     res = json.loads(child.communicate()[0].strip().splitlines()[-1])
+    # Once every attacker is gone, the same clean run again: tells the attack from machine noise.
+    clean2 = oha(a.addr, a.path, a.rate, a.duration, a.conns)
+    print(show("clean 2", clean2), flush=True)
 
     slow = res["slow"]
     slow_late = [t for t in slow if t is None or t > a.header_timeout + a.tolerance]
@@ -242,14 +258,19 @@ def main():
     print(f"never-read: {len(nr_closed)}/{len(nr)} closed" +
           (f", after {min(nr_closed):.2f}-{max(nr_closed):.2f}s" if nr_closed else "") +
           f" (write timeout {a.write_timeout}s) {hows}")
-    ratio = under["p99"] / clean["p99"]
-    ok = (ratio <= 1.2 and clean["errors"] == 0 and under["errors"] == 0
-          and slow and not slow_late and nr and not nr_late)
-    print("VERDICT:", "PASS" if ok else "FAIL",
-          f"(p99 ratio {ratio:.2f} <= 1.2; legit errors {clean['errors']}+{under['errors']};"
+    for name, late in (("slowloris", slow_late), ("never-read", nr_late)):
+        if late:
+            print(f"{name} late (s after opening; None: still open when given up): {late[:10]}")
+    word, ratio = judge(clean, under, clean2)
+    errors = clean["errors"] + under["errors"] + clean2["errors"]
+    closes_ok = (slow or not a.slow) and not slow_late and (nr or not a.noread) and not nr_late
+    if errors or not closes_ok:
+        word = "FAIL"
+    print("VERDICT:", word,
+          f"({ratio}; legit errors {errors};"
           f" slow not closed within {a.header_timeout + a.tolerance:g}s: {len(slow_late)}/{len(slow)};"
           f" never-read not closed within {a.write_timeout + a.tolerance:g}s: {len(nr_late)}/{len(nr)})")
-    return 0 if ok else 1
+    return {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[word]
 
 
 if __name__ == "__main__":
