@@ -41,16 +41,7 @@ drive() { # rate seconds out
   taskset -c "$LAST" oha --no-tui --output-format json -z "$2s" -q "$1" --latency-correction -c 64 \
     --urls-from-file "$WORK/urls.txt" -H "$UA" --redirect 0 > "$3"
 }
-summary() {
-  python3 - "$1" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-codes = d.get("statusCodeDistribution", {})
-errors = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
-lp = d["latencyPercentiles"]
-print(sum(codes.values()), codes.get("302", 0), sum(errors.values()), *(f"{lp[k] * 1000:.3f}" for k in ("p50", "p99", "p99.9")))
-PY
-}
+summary() { python3 loadtest/oha_summary.py "$1"; }
 drive "$BASE" 20 "$WORK/base.json"
 drive $((BASE * 10)) "$SPIKE" "$WORK/spike.json" &
 OHA=$!

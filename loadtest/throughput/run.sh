@@ -75,18 +75,8 @@ for proto in http1 http2; do
   taskset -c "$LAST" oha --no-tui --output-format json -z "${DURATION}s" -q "$RATE" --latency-correction \
     -c $c "${extra[@]}" --urls-from-file "$WORK/urls.txt" -H "$UA" -H "$XFF" --redirect 0 > "$WORK/oha-$proto.json"
   t1=$(ticks)
-  read -r n p50 p99 p999 bad <<<"$(python3 - "$WORK/oha-$proto.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-codes = d.get("statusCodeDistribution", {})
-n = sum(codes.values())
-lp = d["latencyPercentiles"]
-# Requests still in flight when the run's time is up are cut off, not failed.
-errors = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
-bad = n - codes.get("302", 0) + sum(errors.values())
-print(n, *(f"{lp[k] * 1000:.3f}" for k in ("p50", "p99", "p99.9")), bad)
-PY
-)"
+  read -r n ok errs p50 p99 p999 <<<"$(python3 loadtest/oha_summary.py "$WORK/oha-$proto.json")"
+  bad=$((n - ok + errs))
   printf '%-24s %9s %8s %8s %8s %10s\n' "$proto fixed $RATE/s" "$RATE" "$p50" "$p99" "$p999" "$(cpu_us "$t0" "$t1" "$n")"
   [ "$bad" = 0 ] || FAIL+=("oha $proto: $bad errors or non-302")
   python3 -c "import sys; sys.exit(0 if $p99 <= $P99_MS else 1)" || FAIL+=("oha $proto: p99 $p99 ms > $P99_MS ms")

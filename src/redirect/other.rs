@@ -21,8 +21,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let resp = route(app, req).await;
-    resp
+    route(app, req).await
 }
 
 async fn route<B>(app: &App, req: Request<Limited<B>>) -> Response<Body>
