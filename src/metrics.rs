@@ -43,6 +43,7 @@ pub const UNIQUE_CLICKS: &str = "cartlink_unique_clicks_total";
 pub const UNIQUE_FILL: &str = "cartlink_unique_filter_fill_ratio";
 pub const WEBHOOKS: &str = "cartlink_webhooks_total";
 pub const SHED: &str = "cartlink_shed_total";
+pub const PIPELINE_YIELDS: &str = "cartlink_pipeline_yields_total";
 
 /// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
 /// redirect live, coarse above to still see pathological tails.
@@ -163,6 +164,8 @@ pub struct Metrics {
     pub unique_fill_ratio: Gauge,
     pub webhooks: WebhookOutcomes,
     pub shed: Shed,
+    /// Times a connection yielded to the others after a burst of pipelined requests.
+    pub pipeline_yields: Counter,
 }
 
 impl Metrics {
@@ -228,6 +231,10 @@ impl Metrics {
             describe_counter!(
                 SHED,
                 "Public requests answered 503 + Retry-After without being handled, by reason."
+            );
+            describe_counter!(
+                PIPELINE_YIELDS,
+                "Times an HTTP/1 connection yielded to the others after 2 pipelined requests answered without its client waiting."
             );
             let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
             let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
@@ -295,6 +302,7 @@ impl Metrics {
                 shed: Shed {
                     inflight: counter!(SHED, "reason" => "inflight"),
                 },
+                pipeline_yields: counter!(PIPELINE_YIELDS),
             }
         })
     }

@@ -23,7 +23,7 @@ use crate::redirect::{self, Body};
 use crate::state::App;
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::service::Service;
@@ -84,6 +84,13 @@ impl Gate {
     }
 }
 
+/// Pipelined HTTP/1 requests a connection answers before it lets the others run. hyper answers
+/// up to 16 per poll and tokio looks for new I/O only every 61 polls, so without this one
+/// client that pipelines hundreds of requests (or never reads) delays every other connection
+/// on its worker by milliseconds. The yield is tokio's deferred one: the connection resumes
+/// after the others' I/O has been polled. Clients that wait for their answers never reach it.
+const PIPELINE_BURST: u32 = 2;
+
 /// Gives the slot back when an async request ends, however it ends (even if hyper drops it).
 struct Slot(Arc<Gate>);
 
@@ -100,6 +107,7 @@ struct Public {
     app: Arc<App>,
     peer: IpAddr,
     gate: Arc<Gate>,
+    pipeline: io::Pipeline,
 }
 
 type Boxed = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -110,6 +118,23 @@ impl Service<Request<Incoming>> for Public {
     type Future = Either<Ready<Result<Response<Body>, Infallible>>, Boxed>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // HTTP/2 multiplexes by design and has its own stream limits.
+        let burst = req.version() <= Version::HTTP_11 && self.pipeline.answer() >= PIPELINE_BURST;
+        let answer = self.answer(req);
+        if !burst {
+            return answer;
+        }
+        self.pipeline.restart();
+        self.app.metrics.pipeline_yields.increment(1);
+        Either::Right(Box::pin(async move {
+            tokio::task::yield_now().await;
+            answer.await
+        }))
+    }
+}
+
+impl Public {
+    fn answer(&self, req: Request<Incoming>) -> <Self as Service<Request<Incoming>>>::Future {
         let sync = matches!(*req.method(), Method::GET | Method::HEAD);
         // Health checks are never shed: the CDN must keep seeing this origin as alive.
         let health = sync && req.uri().path() == "/healthz";
@@ -197,7 +222,7 @@ async fn accept_loop<S, F>(
     grace: Duration,
     make: F,
 ) where
-    F: Fn(IpAddr) -> S,
+    F: Fn(IpAddr, io::Pipeline) -> S,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -240,8 +265,9 @@ async fn accept_loop<S, F>(
             // a client that never reads stall early, so the write deadline can close it.
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(l.send_buffer);
         }
-        let service = make(peer.ip());
-        let stream = io::Deadlines::new(stream, l.write_timeout, l.idle_timeout);
+        let pipeline = io::Pipeline::default();
+        let service = make(peer.ip(), pipeline.clone());
+        let stream = io::Deadlines::new(stream, l.write_timeout, l.idle_timeout, pipeline);
         let watcher = graceful.watcher();
         let builder = builder.clone();
         match &l.tls {
@@ -303,10 +329,11 @@ pub async fn run(
     let gate = Arc::new(Gate::new(&http, app.metrics.inflight.clone()));
     let public_service = {
         let app = app.clone();
-        move |peer| Public {
+        move |peer, pipeline| Public {
             app: app.clone(),
             peer,
             gate: gate.clone(),
+            pipeline,
         }
     };
     let tls_task = tls.map(|t| {
@@ -333,7 +360,7 @@ pub async fn run(
             builder,
             admin_rx,
             Duration::from_secs(1),
-            move |_| admin::Admin::new(app.clone(), limits.clone()),
+            move |_, _| admin::Admin::new(app.clone(), limits.clone()),
         ))
     };
     shutdown.await;

@@ -256,6 +256,35 @@ fn a_client_that_never_reads_is_disconnected() {
 }
 
 #[test]
+fn pipelining_clients_are_answered_in_bursts_that_yield_and_waiting_clients_never_yield() {
+    let s = Server::start("edge-pipelined", LINKS, &[]);
+    let yields = r#"cartlink_pipeline_yields_total"#;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nUser-Agent: {IPHONE}\r\n\r\n",
+        path_for("kit")
+    );
+
+    // A client that reads each answer before sending the next never makes its connection yield.
+    let mut c = Conn::open(s.public).unwrap();
+    for _ in 0..40 {
+        assert_eq!(c.get(&path_for("kit"), IPHONE).unwrap().status, 302);
+    }
+    assert_eq!(s.metric(yields), 0.0);
+
+    // 50 requests in one write, read only at the end: all answered, in order, and the
+    // connection yielded after every 2 (the yields counter is how operators see this).
+    let mut raw_reqs = req.repeat(49);
+    raw_reqs.push_str("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let raw = raw_request(s.public, raw_reqs.as_bytes());
+    let text = String::from_utf8_lossy(&raw);
+    let heads: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(heads.len(), 50, "{text}");
+    assert!(heads[..49].iter().all(|h| h.starts_with("302")));
+    assert!(heads[49].starts_with("200"));
+    assert_eq!(s.metric(yields), 25.0);
+}
+
+#[test]
 fn past_the_connection_cap_the_listener_waits() {
     let s = Server::start("edge-maxconn", LINKS, &[("CARTLINK_HTTP_MAX_CONNECTIONS", "1")]);
     let hello = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";

@@ -9,10 +9,15 @@
 //!
 //! Each deadline starts at the first `Pending` after progress and is cleared by progress:
 //! bytes written clear both, bytes read clear only the idle one.
+//!
+//! It also tells the connection's [`Pipeline`] each time the client is waited for, so the
+//! service can count the requests it answers to a client that sends without pausing.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,6 +27,30 @@ pub struct Deadlines<T> {
     inner: T,
     write: Deadline,
     idle: Deadline,
+    pipeline: Pipeline,
+}
+
+/// HTTP/1 requests answered on one connection since its client was last waited for (a read
+/// that found nothing) or since the connection last yielded. A browser or CDN sends a request
+/// and waits for the answer, so this stays at 1; a client that pipelines (or never reads, its
+/// answers piling up in the socket) makes it climb, and the service then yields to the other
+/// connections every few answers (see `server::PIPELINE_BURST`).
+#[derive(Clone, Default)]
+pub struct Pipeline(Arc<AtomicU32>);
+
+impl Pipeline {
+    /// Counts one request; returns how many have been answered without a pause, this one
+    /// included. Only the connection's task touches it, so a load and a store suffice.
+    pub fn answer(&self) -> u32 {
+        let n = self.0.load(Ordering::Relaxed).saturating_add(1);
+        self.0.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// The client was waited for, or the connection yielded: the count starts over.
+    pub fn restart(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// One deadline. Its timer is made once per connection and never moved on the busy path:
@@ -76,11 +105,12 @@ impl Deadline {
 }
 
 impl<T> Deadlines<T> {
-    pub fn new(inner: T, write_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(inner: T, write_timeout: Duration, idle_timeout: Duration, pipeline: Pipeline) -> Self {
         Deadlines {
             inner,
             write: Deadline::new(write_timeout),
             idle: Deadline::new(idle_timeout),
+            pipeline,
         }
     }
 
@@ -105,6 +135,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                this.pipeline.restart();
                 if this.idle.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
                 }
