@@ -356,109 +356,322 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
 
 const MAX_REPORTED: usize = 20;
 
-/// One parser thread's links (with their line numbers) and errors.
-type ChunkResult = (Vec<(usize, Link)>, Vec<LinkError>);
+/// Below this many bytes a file is parsed on one thread (spawning costs more than it saves).
+const MIN_PIECE_BYTES: usize = 4 << 20;
+
+/// What one parser thread made of its piece of the file: links with their line numbers,
+/// errors, and how many lines the piece had.
+struct Piece {
+    links: Vec<(usize, Arc<Link>)>,
+    errors: Vec<LinkError>,
+    lines: usize,
+    bytes: usize,
+}
+
+/// Parses and validates JSON Lines text. `name` is what errors call the file.
+pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
+    parse_bytes(text.as_bytes(), name)
+}
+
+/// Splits `data` after line ends into up to `n` pieces of at least `min` bytes each.
+fn pieces(data: &[u8], n: usize, min: usize) -> Vec<&[u8]> {
+    let size = data.len().div_ceil(n.max(1)).max(min.max(1));
+    let mut out = Vec::with_capacity(n);
+    let mut rest = data;
+    while rest.len() > size {
+        let cut = memchr::memchr(b'\n', &rest[size..]).map_or(rest.len(), |i| size + i + 1);
+        let (piece, tail) = rest.split_at(cut);
+        out.push(piece);
+        rest = tail;
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// One thread's share: every line of `piece`, numbered from 1 within the piece. Each link's
+/// `Arc` is allocated here, so the merge on the calling thread only moves pointers.
+fn parse_piece(piece: &[u8], name: &str) -> Piece {
+    let mut interner = Interner::default();
+    let mut out = Piece {
+        links: Vec::with_capacity(piece.len() / 256),
+        errors: Vec::new(),
+        lines: 0,
+        bytes: piece.len(),
+    };
+    // Every piece but the last ends with a line end; without it, split yields exactly the lines.
+    let body = piece.strip_suffix(b"\n").unwrap_or(piece);
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        out.lines = line;
+        let res = match std::str::from_utf8(raw).map(str::trim) {
+            Ok("") => continue,
+            Ok(text) => serde_json::from_str::<LinkConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| build(raw, &mut interner)),
+            Err(_) => Err("not UTF-8".to_string()),
+        };
+        match res {
+            Ok(link) => out.links.push((line, Arc::new(link))),
+            Err(reason) if out.errors.len() < MAX_REPORTED => out.errors.push(LinkError {
+                file: name.into(),
+                line,
+                reason,
+            }),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn parse_bytes(data: &[u8], name: &str) -> Result<LinkTable, LoadError> {
+    let threads = parser_threads();
+    // More pieces than threads, so the merge below overlaps with the parsing of later pieces.
+    parse_in_pieces(data, name, pieces(data, threads * 4, MIN_PIECE_BYTES), threads)
+}
+
+fn parser_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
+
+/// Parses the pieces on `threads` threads while this one merges them, in file order, as they
+/// come in.
+fn parse_in_pieces(data: &[u8], name: &str, pieces: Vec<&[u8]>, threads: usize) -> Result<LinkTable, LoadError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Piece)>();
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, pieces.len()) {
+            let (tx, pieces, next) = (tx.clone(), &pieces, &next);
+            s.spawn(move || {
+                while let Some(piece) = pieces.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let i = piece.as_ptr() as usize - pieces[0].as_ptr() as usize;
+                    if tx.send((i, parse_piece(piece, name))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut merge = Merge::new(data, name);
+        // Pieces arrive in any order (keyed by their offset); they are merged in file order.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut due = 0usize;
+        for (at, piece) in rx {
+            waiting.insert(at, piece);
+            while let Some(piece) = waiting.remove(&due) {
+                due += piece.bytes;
+                merge.add(piece, pieces.len());
+            }
+        }
+        merge.finish()
+    })
+}
+
+/// The table being assembled from parsed pieces, in file order.
+struct Merge<'a> {
+    data: &'a [u8],
+    name: &'a str,
+    errors: Vec<LinkError>,
+    links: FxHashSet<ById>,
+    by_discount: FxHashMap<Box<str>, Arc<Link>>,
+    /// Lines in the pieces merged so far.
+    before: usize,
+}
 
 // `ById` hashes only the immutable id; the atomic click counter inside does not affect it.
 #[allow(clippy::mutable_key_type)]
-/// Parses and validates JSON Lines text. `name` is what errors call the file.
-pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
-    // Large files are parsed on every core; results are merged in file order.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let chunk = lines.len().div_ceil(threads).max(20_000);
-    let parts: Vec<ChunkResult> = std::thread::scope(|s| {
-        let handles: Vec<_> = lines
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    let mut interner = Interner::default();
-                    let mut ok = Vec::with_capacity(part.len());
-                    let mut errs = Vec::new();
-                    for &(line, text) in part {
-                        let res = serde_json::from_str::<LinkConfig>(text)
-                            .map_err(|e| e.to_string())
-                            .and_then(|raw| build(raw, &mut interner));
-                        match res {
-                            Ok(link) => ok.push((line, link)),
-                            Err(reason) if errs.len() < MAX_REPORTED => errs.push(LinkError {
-                                file: name.into(),
-                                line,
-                                reason,
-                            }),
-                            Err(_) => {}
-                        }
-                    }
-                    (ok, errs)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("link parser thread panicked"))
-            .collect()
-    });
-    let mut errors: Vec<LinkError> = Vec::new();
-    let mut links: FxHashSet<ById> = FxHashSet::default();
-    let mut by_discount: FxHashMap<Box<str>, Arc<Link>> = FxHashMap::default();
-    links.reserve(lines.len());
-    for (ok, errs) in parts {
-        errors.extend(errs);
-        for (line, link) in ok {
-            let id = link.id.clone();
-            let link = Arc::new(link);
+impl<'a> Merge<'a> {
+    fn new(data: &'a [u8], name: &'a str) -> Merge<'a> {
+        Merge {
+            data,
+            name,
+            errors: Vec::new(),
+            links: FxHashSet::default(),
+            by_discount: FxHashMap::default(),
+            before: 0,
+        }
+    }
+
+    fn add(&mut self, piece: Piece, pieces: usize) {
+        if self.links.is_empty() {
+            // Pieces are about the same size: the first one tells how big the table will be.
+            self.links.reserve(piece.links.len() * pieces);
+        }
+        let before = self.before;
+        self.errors.extend(piece.errors.into_iter().map(|e| LinkError {
+            line: e.line + before,
+            ..e
+        }));
+        for (line, link) in piece.links {
             if let Some(code) = &link.discount {
-                by_discount
-                    .entry(code.to_ascii_uppercase().into_boxed_str())
-                    .or_insert_with(|| link.clone());
+                first_for_code(&mut self.by_discount, code, &link);
             }
-            if !links.insert(ById(link)) {
-                // Rare: find where the id first appeared.
-                #[derive(serde::Deserialize)]
-                struct IdOnly {
-                    id: String,
-                }
-                let first = lines
-                    .iter()
-                    .find(|(_, t)| serde_json::from_str::<IdOnly>(t).is_ok_and(|x| *x.id == *id))
-                    .map_or(0, |(l, _)| *l);
-                errors.push(LinkError {
-                    file: name.into(),
-                    line,
-                    reason: format!("duplicate id `{id}` (first on line {first})"),
+            let id = link.id.clone();
+            if !self.links.insert(ById(link)) {
+                self.errors.push(LinkError {
+                    file: self.name.into(),
+                    line: line + before,
+                    reason: format!("duplicate id `{id}` (first on line {})", first_line_of(self.data, &id)),
                 });
             }
         }
+        self.before += piece.lines;
     }
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| e.line);
-        errors.truncate(MAX_REPORTED);
-        return Err(LoadError(errors));
+
+    fn finish(self) -> Result<LinkTable, LoadError> {
+        let mut errors = self.errors;
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.line);
+            errors.truncate(MAX_REPORTED);
+            return Err(LoadError(errors));
+        }
+        if self.links.is_empty() {
+            return Err(LoadError(vec![LinkError {
+                file: self.name.into(),
+                line: 0,
+                reason: "no links: an empty file is refused".into(),
+            }]));
+        }
+        Ok(LinkTable {
+            links: self.links,
+            by_discount: self.by_discount,
+        })
     }
-    if links.is_empty() {
-        return Err(LoadError(vec![LinkError {
-            file: name.into(),
-            line: 0,
-            reason: "no links: an empty file is refused".into(),
-        }]));
+}
+
+/// Remembers the first link (in file order) carrying each code, upper-cased; allocates only
+/// for a code not seen before.
+fn first_for_code(by_discount: &mut FxHashMap<Box<str>, Arc<Link>>, code: &str, link: &Arc<Link>) {
+    let mut buf = [0u8; 255]; // codes are validated to 1-255 bytes
+    let upper = &mut buf[..code.len()];
+    upper.copy_from_slice(code.as_bytes());
+    upper.make_ascii_uppercase();
+    let upper = std::str::from_utf8(upper).expect("ASCII case change keeps UTF-8");
+    if !by_discount.contains_key(upper) {
+        by_discount.insert(upper.into(), link.clone());
     }
-    Ok(LinkTable { links, by_discount })
+}
+
+/// Rare path (a duplicate id): the line where `id` first appears.
+fn first_line_of(data: &[u8], id: &str) -> usize {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    data.split(|&b| b == b'\n')
+        .position(|l| serde_json::from_slice::<IdOnly>(l).is_ok_and(|x| x.id == id))
+        .map_or(0, |i| i + 1)
 }
 
 /// Reads and parses a links file.
 pub fn load(path: &Path) -> Result<LinkTable, LoadError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let data = read(path).map_err(|e| {
         LoadError(vec![LinkError {
             file: name.clone(),
             line: 0,
             reason: format!("cannot read: {e}"),
         }])
     })?;
-    parse(&text, &name)
+    parse_bytes(&data, &name)
+}
+
+/// Reads a whole file; a large one on several threads at once, each into its own part of the
+/// buffer (a 10M-link file is 2.7 GB: one thread spent seconds copying and faulting it in).
+fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    let mut data = vec![0u8; len];
+    let size = len.div_ceil(parser_threads()).max(MIN_PIECE_BYTES);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = data
+            .chunks_mut(size)
+            .enumerate()
+            .map(|(i, part)| {
+                let file = &file;
+                s.spawn(move || file.read_exact_at(part, (i * size) as u64))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("links reader thread panicked"))
+    })?;
+    // Written to while being read (a reload should rename a finished file into place).
+    if file.read_at(&mut [0u8; 1], len as u64)? != 0 {
+        return Err(std::io::Error::other("the file grew while being read"));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","creator":"c","campaign":"k","discount":"code-{id}","target":{{"type":"url","url":"https://a.example/{id}"}}}}"#
+        )
+    }
+
+    /// Errors as `line: reason`, for comparing two parses.
+    fn outcome(r: Result<LinkTable, LoadError>) -> Result<Vec<String>, Vec<String>> {
+        match r {
+            Ok(t) => Ok(t.sorted_ids().into_iter().map(str::to_string).collect()),
+            Err(e) => Err(e.0.iter().map(|e| format!("{}: {}", e.line, e.reason)).collect()),
+        }
+    }
+
+    #[test]
+    fn pieces_cover_the_input_and_end_after_line_ends() {
+        let data = b"aaaa\nbb\n\ncccccc\nd";
+        for n in 1..8 {
+            for min in 1..6 {
+                let p = pieces(data, n, min);
+                assert_eq!(p.concat(), data, "n={n} min={min}");
+                assert!(p[..p.len() - 1].iter().all(|x| x.ends_with(b"\n")));
+                assert!(p.iter().all(|x| !x.is_empty()));
+            }
+        }
+        assert_eq!(pieces(b"", 4, 1), vec![b"" as &[u8]]);
+    }
+
+    #[test]
+    fn many_pieces_number_lines_and_find_duplicates_as_one_piece_does() {
+        let mut text = String::new();
+        for i in 0..40 {
+            match i {
+                7 | 8 => text.push('\n'),
+                13 => text.push_str("{\"id\":\"broken\"\n"),
+                21 => text.push_str(&format!("  {}\r\n", line("l3"))),
+                _ => text.push_str(&format!("{}\n", line(&format!("l{i}")))),
+            }
+        }
+        let whole = outcome(parse_in_pieces(text.as_bytes(), "f", vec![text.as_bytes()], 1));
+        let want = Err(vec![
+            "14: EOF while parsing an object at line 1 column 14".to_string(),
+            "22: duplicate id `l3` (first on line 4)".to_string(),
+        ]);
+        assert_eq!(whole, want);
+        for threads in 1..4 {
+            for min in [1, 50, 300] {
+                let split = pieces(text.as_bytes(), 64, min);
+                let got = outcome(parse_in_pieces(text.as_bytes(), "f", split, threads));
+                assert_eq!(got, want, "threads={threads} min={min}");
+            }
+        }
+        // Without the bad lines, every link is in the table, whichever way it was split.
+        let good: String = text
+            .lines()
+            .filter(|l| !l.contains("broken") && !l.starts_with("  "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let split = pieces(good.as_bytes(), 64, 1);
+        let ids = outcome(parse_in_pieces(good.as_bytes(), "f", split, 3)).unwrap();
+        assert_eq!(ids.len(), 36);
+        let table = parse(&good, "f").unwrap();
+        assert_eq!(&*table.by_discount("CODE-L0").unwrap().id, "l0");
+    }
 }
