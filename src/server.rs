@@ -119,7 +119,8 @@ impl Service<Request<Incoming>> for Public {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // HTTP/2 multiplexes by design and has its own stream limits.
-        let burst = req.version() <= Version::HTTP_11 && self.pipeline.answer() >= PIPELINE_BURST;
+        let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_09);
+        let burst = http1 && self.pipeline.answer() >= PIPELINE_BURST;
         let answer = self.answer(req);
         if !burst {
             return answer;

@@ -82,6 +82,8 @@ pub struct App {
     pub draining: AtomicBool,
     pub admin_token: Option<String>,
     reload: Mutex<ReloadSource>,
+    /// The links file being served, readable without waiting for a reload in progress.
+    links_file: ArcSwap<PathBuf>,
 }
 
 /// Where reloads read from.
@@ -150,6 +152,7 @@ impl App {
                 links_path: settings.links.clone(),
                 keys,
             }),
+            links_file: ArcSwap::from_pointee(settings.links.clone()),
         })
     }
 
@@ -158,7 +161,7 @@ impl App {
     }
 
     pub fn links_path(&self) -> PathBuf {
-        self.reload.lock().expect("reload lock").links_path.clone()
+        self.links_file.load().to_path_buf()
     }
 
     /// Re-reads the config file, the links file and the geo database; swaps only if all are valid.
@@ -166,12 +169,13 @@ impl App {
         let mut src = self.reload.lock().expect("reload lock");
         let result = (|| {
             let settings = Config::load(&src.config_path, src.explicit, env)?.validate(env)?;
-            let table = in_background(|| links::load(&settings.links).map(|t| self.prepare(t)))?;
+            let table = in_background(|| links::load(&settings.links).map(|t| self.inherit(t)))?;
             let view = View::from_settings(&settings).map_err(ReloadError::Other)?;
             Ok::<_, ReloadError>((settings, table, view))
         })();
         let (settings, table, view) = self.counted(result)?;
         src.links_path = settings.links.clone();
+        self.links_file.store(Arc::new(settings.links.clone()));
         Ok(self.install(&src, table, Some(Arc::new(view))))
     }
 
@@ -179,7 +183,7 @@ impl App {
     /// first so a later reload or restart serves the same table.
     pub fn replace_links(&self, text: &str) -> Result<u64, ReloadError> {
         let src = self.reload.lock().expect("reload lock");
-        let table = in_background(|| links::parse(text, "request body").map(|t| self.prepare(t)));
+        let table = in_background(|| links::parse(text, "request body").map(|t| self.inherit(t)));
         let table = table.map_err(ReloadError::from);
         let table = self.counted(table)?;
         let tmp = src.links_path.with_extension("jsonl.tmp");
@@ -196,15 +200,17 @@ impl App {
         r
     }
 
-    /// What a new table needs from the running one before it serves: the `max_clicks` counters
-    /// and the stock slots.
-    fn prepare(&self, table: LinkTable) -> LinkTable {
+    /// The running table's `max_clicks` counters, carried over (lock-free, so it can run at
+    /// idle priority with the parse).
+    fn inherit(&self, table: LinkTable) -> LinkTable {
         table.inherit_counters(&self.state.load().links);
-        table.bind_stock(&self.inventory);
         table
     }
 
     fn install(&self, src: &ReloadSource, table: LinkTable, view: Option<Arc<View>>) -> u64 {
+        // At normal priority: binding takes the inventory's shard locks, which webhooks and
+        // stock updates also take; an idle-priority thread must not sit on them.
+        table.bind_stock(&self.inventory);
         let old = self.state.load();
         let generation = old.generation + 1;
         let links = table.len();
@@ -217,15 +223,19 @@ impl App {
         });
         drop(old);
         let old = self.state.swap(new);
-        // Free the old table here, not on a serving thread: a request still holding it would
-        // otherwise drop the last reference and free a million links between two answers.
-        in_background(move || {
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            drop(old);
-        });
+        // Free the old table on a thread of its own, not on a serving thread: a request still
+        // holding it would otherwise drop the last reference and free a million links between
+        // two answers. Not waited for: the reload is done once the new table serves.
+        let _ = std::thread::Builder::new()
+            .name("free-old-table".into())
+            .spawn(move || {
+                idle_priority();
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while Arc::strong_count(&old) > 1 && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                drop(old);
+            });
         self.metrics.config_generation.set(generation as f64);
         self.metrics.links_loaded.set(links as f64);
         self.metrics.reloads.increment(1);
@@ -237,25 +247,25 @@ impl App {
 /// Runs a reload's parsing on its own thread under `SCHED_IDLE` (the parser's threads inherit
 /// it): it gets a core only when no thread answering requests wants it, and gives it back the
 /// moment one wakes. Nice 10, tried first, still let the parse hold a shared core for
-/// milliseconds at a time (p99 2.6x steady during a 1M-link swap on one core).
+/// milliseconds at a time (p99 2.6x steady during a 1M-link swap on one core). The price: on
+/// cores saturated by requests, a reload waits until the load eases.
 fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-            if thread_priority::set_thread_priority_and_policy(
-                thread_priority::thread_native_id(),
-                ThreadPriority::Min,
-                idle,
-            )
-            .is_err()
-            {
-                // Not allowed here (some sandboxes): the lowest nice value still helps.
-                let _ = rustix::process::setpriority_process(None, 19);
-            }
+            idle_priority();
             work()
         })
         .join()
         .expect("reload thread panicked")
     })
+}
+
+/// `SCHED_IDLE` for the calling thread; where that is refused, the lowest nice value.
+fn idle_priority() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let me = thread_priority::thread_native_id();
+    if thread_priority::set_thread_priority_and_policy(me, ThreadPriority::Min, idle).is_err() {
+        let _ = rustix::process::setpriority_process(None, 19);
+    }
 }

@@ -365,7 +365,6 @@ struct Piece {
     links: Vec<(usize, Arc<Link>)>,
     errors: Vec<LinkError>,
     lines: usize,
-    bytes: usize,
 }
 
 /// Parses and validates JSON Lines text. `name` is what errors call the file.
@@ -398,7 +397,6 @@ fn parse_piece(piece: &[u8], name: &str) -> Piece {
         links: Vec::with_capacity(piece.len() / 256),
         errors: Vec::new(),
         lines: 0,
-        bytes: piece.len(),
     };
     // Every piece but the last ends with a line end; without it, split yields exactly the lines.
     let body = piece.strip_suffix(b"\n").unwrap_or(piece);
@@ -442,29 +440,29 @@ fn parse_in_pieces(data: &[u8], name: &str, pieces: Vec<&[u8]>, threads: usize) 
     let next = AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Piece)>();
     std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, pieces.len()) {
+        for _ in 0..threads.min(pieces.len()).max(1) {
             let (tx, pieces, next) = (tx.clone(), &pieces, &next);
-            s.spawn(move || {
-                while let Some(piece) = pieces.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let i = piece.as_ptr() as usize - pieces[0].as_ptr() as usize;
-                    if tx.send((i, parse_piece(piece, name))).is_err() {
-                        return;
-                    }
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(piece) = pieces.get(i) else { return };
+                if tx.send((i, parse_piece(piece, name))).is_err() {
+                    return;
                 }
             });
         }
         drop(tx);
         let mut merge = Merge::new(data, name);
-        // Pieces arrive in any order (keyed by their offset); they are merged in file order.
+        // Pieces arrive in any order; they are merged in file order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut due = 0usize;
-        for (at, piece) in rx {
-            waiting.insert(at, piece);
+        for (i, piece) in rx {
+            waiting.insert(i, piece);
             while let Some(piece) = waiting.remove(&due) {
-                due += piece.bytes;
                 merge.add(piece, pieces.len());
+                due += 1;
             }
         }
+        debug_assert!(waiting.is_empty() && due == pieces.len());
         merge.finish()
     })
 }
@@ -510,11 +508,16 @@ impl<'a> Merge<'a> {
             }
             let id = link.id.clone();
             if !self.links.insert(ById(link)) {
-                self.errors.push(LinkError {
-                    file: self.name.into(),
-                    line: line + before,
-                    reason: format!("duplicate id `{id}` (first on line {})", first_line_of(self.data, &id)),
-                });
+                let line = line + before;
+                // Finding the first line scans the file: only for an error that will be shown
+                // (a file appended to itself has millions of duplicates).
+                if self.errors.iter().filter(|e| e.line < line).count() < MAX_REPORTED {
+                    self.errors.push(LinkError {
+                        file: self.name.into(),
+                        line,
+                        reason: format!("duplicate id `{id}` (first on line {})", first_line_of(self.data, &id)),
+                    });
+                }
             }
         }
         self.before += piece.lines;
@@ -583,7 +586,12 @@ pub fn load(path: &Path) -> Result<LinkTable, LoadError> {
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path)?;
-    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    let meta = file.metadata()?;
+    let len = usize::try_from(meta.len()).map_err(std::io::Error::other)?;
+    // Small files, pipes and the like: one plain read to the end.
+    if !meta.is_file() || len < 2 * MIN_PIECE_BYTES {
+        return std::fs::read(path);
+    }
     let mut data = vec![0u8; len];
     let size = len.div_ceil(parser_threads()).max(MIN_PIECE_BYTES);
     std::thread::scope(|s| {
@@ -598,6 +606,10 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
         handles
             .into_iter()
             .try_for_each(|h| h.join().expect("links reader thread panicked"))
+    })
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => std::io::Error::other("the file shrank while being read"),
+        _ => e,
     })?;
     // Written to while being read (a reload should rename a finished file into place).
     if file.read_at(&mut [0u8; 1], len as u64)? != 0 {
@@ -673,5 +685,14 @@ mod tests {
         assert_eq!(ids.len(), 36);
         let table = parse(&good, "f").unwrap();
         assert_eq!(&*table.by_discount("CODE-L0").unwrap().id, "l0");
+    }
+
+    #[test]
+    fn a_file_appended_to_itself_reports_the_first_duplicates_only() {
+        let text: String = (0..3000).map(|i| line(&format!("l{}", i % 100)) + "\n").collect();
+        let errors = outcome(parse_in_pieces(text.as_bytes(), "f", pieces(text.as_bytes(), 8, 1), 2)).unwrap_err();
+        assert_eq!(errors.len(), MAX_REPORTED);
+        assert_eq!(errors[0], "101: duplicate id `l0` (first on line 1)");
+        assert_eq!(errors[19], "120: duplicate id `l19` (first on line 20)");
     }
 }
