@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 // jemalloc rather than glibc's malloc: loading 10M links took 40 s with glibc (its per-thread
 // arenas hand freed memory back to the kernel and fault it in again while the parser threads
-// allocate) and 29 s with jemalloc, at the same memory (loadtest/links_scale).
+// allocate) and 29 s with jemalloc, at the same memory (loadtest/links_scale). Its background
+// thread (the `background_threads` feature) hands the old table's memory back after a reload.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -15,6 +15,7 @@ WORK=$(mktemp -d /tmp/cartlink-scale.XXXXXX)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 python3 loadtest/links_scale/gen_links.py "$N" --version v1 > "$WORK/links.jsonl"
 python3 loadtest/links_scale/gen_links.py "$N" --version v2 > "$WORK/links2.jsonl"
+sync  # the generated files' writeback is not part of the load being measured
 echo "links file: $N links, $(du -m "$WORK/links.jsonl" | cut -f1) MiB"
 
 export CARTLINK_LISTEN=127.0.0.1:0 CARTLINK_ADMIN_LISTEN=127.0.0.1:0 CARTLINK_LINKS="$WORK/links.jsonl" \
@@ -42,6 +43,8 @@ SWAP_MS=$(echo "($T1-$T0)*1000/1" | bc)
 RSS2_KB=$(awk '/VmRSS/{print $2}' /proc/$PID/status)
 HWM_KB=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
 echo "hot swap of $N links via SIGHUP: ${SWAP_MS} ms; RSS after swap $((RSS2_KB/1024)) MiB, peak $((HWM_KB/1024)) MiB"
+sleep 20  # the old table is freed in the background
+echo "RSS 20 s after the swap: $(( $(awk '/VmRSS/{print $2}' /proc/$PID/status) / 1024 )) MiB"
 
 LOAD_LIMIT=$(( N > 1000000 ? 3000 * N / 1000000 : 3000 ))
 RSS_LIMIT=$(( N > 1000000 ? 600 * N / 1000000 : 600 ))
