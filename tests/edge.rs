@@ -290,6 +290,37 @@ fn pipelining_clients_are_answered_in_bursts_that_yield_and_waiting_clients_neve
 }
 
 #[test]
+fn a_client_that_never_reads_stalls_the_server_after_a_few_answers() {
+    let s = Server::start("edge-unsent", LINKS, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut c = sock.connect(s.public).await.unwrap();
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nUser-Agent: {IPHONE}\r\n\r\n",
+            path_for("kit")
+        );
+        // Our write stalls too once the server stops reading; both just wait.
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.write_all(req.repeat(1000).as_bytes())).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The server stops answering once 16 KiB of answers sit unsent (TCP_NOTSENT_LOWAT)
+        // beside the little our 4 KiB window takes. Without that limit its 64 KiB send buffer
+        // alone holds a few hundred answers.
+        let answered = s.metric(r#"cartlink_requests_total{outcome="redirect"}"#);
+        assert!(
+            (1.0..150.0).contains(&answered),
+            "{answered} answers to a client that reads none"
+        );
+        drop(c);
+    });
+}
+
+#[test]
 fn past_the_connection_cap_the_listener_waits() {
     let s = Server::start("edge-maxconn", LINKS, &[("CARTLINK_HTTP_MAX_CONNECTIONS", "1")]);
     let hello = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
