@@ -437,6 +437,12 @@ fn parser_threads() -> usize {
 /// come in.
 fn parse_in_pieces(data: &[u8], name: &str, pieces: Vec<&[u8]>, threads: usize) -> Result<LinkTable, LoadError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    if let [piece] = pieces[..] {
+        // One piece (files up to 4 MiB, admin uploads of that size): no thread to start.
+        let mut merge = Merge::new(data, name);
+        merge.add(parse_piece(piece, name), 1);
+        return merge.finish();
+    }
     let next = AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Piece)>();
     std::thread::scope(|s| {
