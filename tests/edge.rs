@@ -216,25 +216,38 @@ fn idle_keepalive_connections_are_closed() {
     assert!(closed_within(&mut c, Duration::from_secs(8)));
 }
 
+/// One GET of the `kit` link, as raw HTTP/1.1 (repeated to pipeline).
+fn kit_request() -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nUser-Agent: {IPHONE}\r\n\r\n",
+        path_for("kit")
+    )
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A connection whose 4 KiB receive buffer is set before connecting, so the window it
+/// advertises really is small (a client that will not read).
+async fn small_window(addr: SocketAddr) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
 #[test]
 fn a_client_that_never_reads_is_disconnected() {
     let s = Server::start("edge-noread", LINKS, &[("CARTLINK_HTTP_WRITE_TIMEOUT_MS", "300")]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let outcome = rt.block_on(async {
+    let outcome = current_thread().block_on(async {
         use tokio::io::AsyncWriteExt;
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let mut c = sock.connect(s.public).await.unwrap();
+        let mut c = small_window(s.public).await;
         // Pipelined requests whose responses are never read: the server's writes stall, then
         // it stops reading, then ours stall; only its write deadline ends this.
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\nUser-Agent: {IPHONE}\r\n\r\n",
-            path_for("kit")
-        );
-        let batch = req.repeat(100);
+        let batch = kit_request().repeat(100);
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Err(e) = c.write_all(batch.as_bytes()).await {
@@ -259,10 +272,7 @@ fn a_client_that_never_reads_is_disconnected() {
 fn pipelining_clients_are_answered_in_bursts_that_yield_and_waiting_clients_never_yield() {
     let s = Server::start("edge-pipelined", LINKS, &[]);
     let yields = r#"cartlink_pipeline_yields_total"#;
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: x\r\nUser-Agent: {IPHONE}\r\n\r\n",
-        path_for("kit")
-    );
+    let req = kit_request();
 
     // A client that reads each answer before sending the next does not make its connection
     // yield (at most once, if the server was preempted between an answer and its next read
@@ -292,21 +302,12 @@ fn pipelining_clients_are_answered_in_bursts_that_yield_and_waiting_clients_neve
 #[test]
 fn a_client_that_never_reads_stalls_the_server_after_a_few_answers() {
     let s = Server::start("edge-unsent", LINKS, &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    current_thread().block_on(async {
         use tokio::io::AsyncWriteExt;
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let mut c = sock.connect(s.public).await.unwrap();
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\nUser-Agent: {IPHONE}\r\n\r\n",
-            path_for("kit")
-        );
+        let mut c = small_window(s.public).await;
         // Our write stalls too once the server stops reading; both just wait.
-        let _ = tokio::time::timeout(Duration::from_secs(2), c.write_all(req.repeat(1000).as_bytes())).await;
+        let batch = kit_request().repeat(1000);
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.write_all(batch.as_bytes())).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         // The server stops answering once 16 KiB of answers sit unsent (TCP_NOTSENT_LOWAT)
         // beside the little our 4 KiB window takes. Without that limit its 64 KiB send buffer
