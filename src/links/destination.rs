@@ -177,12 +177,68 @@ fn https_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn shop_url(shop: &str) -> Result<Url, String> {
-    let url = https_url(&format!("https://{shop}/")).map_err(|_| format!("shop `{shop}` is not a host name"))?;
-    if url.host_str() != Some(shop) || url.port().is_some() {
-        return Err(format!("shop `{shop}` must be a bare host name like `brand.example`"));
+/// `https://shop` for a shop that is a bare host name.
+fn shop_base(shop: &str) -> Result<String, String> {
+    if !is_plain_host(shop) {
+        // Anything unusual (upper case, IDNA, IP addresses, odd labels) goes through the url
+        // crate, which accepts it only if it serialises back to exactly `shop`.
+        let url = https_url(&format!("https://{shop}/")).map_err(|_| format!("shop `{shop}` is not a host name"))?;
+        if url.host_str() != Some(shop) || url.port().is_some() {
+            return Err(format!("shop `{shop}` must be a bare host name like `brand.example`"));
+        }
     }
-    Ok(url)
+    Ok(format!("https://{shop}"))
+}
+
+/// Lower-case letter-digit-hyphen labels, which the url crate keeps exactly as written (no
+/// IDNA mapping, no `xn--` label to check, and a last label that cannot read as an IPv4
+/// number). Checked by hand: parsing a URL per link was a tenth of loading a large table.
+fn is_plain_host(host: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && !l.starts_with("xn--")
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let last = host.rsplit('.').next().unwrap_or("");
+    host.len() <= 253
+        && host.split('.').all(label_ok)
+        && last.bytes().any(|b| b.is_ascii_lowercase())
+        && !last.starts_with("0x")
+}
+
+#[cfg(test)]
+#[test]
+fn plain_hosts_are_what_the_url_crate_keeps() {
+    for h in [
+        "brand.example",
+        "a-b.c0.example",
+        "shop1.myshopify.com",
+        "x.y1z",
+        "localhost",
+    ] {
+        assert!(is_plain_host(h), "{h}");
+        let url = Url::parse(&format!("https://{h}/")).unwrap();
+        assert_eq!(url.host_str(), Some(h));
+    }
+    for h in [
+        "Brand.example",
+        "1.2.3.4",
+        "a.123",
+        "a.0x1f",
+        "xn--bcher-kva.example",
+        "-a.example",
+        "a-.example",
+        "a..b",
+        "",
+        "a.example.",
+        "bücher.example",
+        "a_b.example",
+    ] {
+        assert!(!is_plain_host(h), "{h}");
+    }
 }
 
 fn check_qty(qty: u32) -> Result<(), String> {
@@ -211,81 +267,192 @@ fn item_list<I: Iterator<Item = (String, u32)>>(items: I) -> Result<String, Stri
     Ok(out)
 }
 
-/// Sets link-owned pairs (replacing any the destination already carries; other params are
-/// kept) and returns every query key the destination ends up with.
-fn set_pairs(url: &mut Url, pairs: &[(&str, &str)]) -> Vec<String> {
-    let keep: Vec<(String, String)> = match url.query() {
-        None => Vec::new(),
-        Some(_) => url
-            .query_pairs()
-            .filter(|(k, _)| !pairs.iter().any(|(p, _)| p == k))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect(),
-    };
-    url.set_query(None);
-    let mut keys: Vec<String> = keep.iter().map(|(k, _)| k.clone()).collect();
-    keys.extend(pairs.iter().map(|(k, _)| k.to_string()));
-    if keys.is_empty() {
-        return keys;
+/// A path segment as the url crate's `path_segments_mut().push` writes it in an https URL.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'#')
+    .add(b'?')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%')
+    .add(b'\\');
+
+/// `application/x-www-form-urlencoded`, byte for byte what `form_urlencoded` writes, straight
+/// into `out` (the crate's iterator hands over one piece per escaped byte).
+fn push_form(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(s.len());
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if matches!(b, b'*' | b'-' | b'.' | b'0'..=b'9' | b'A'..=b'Z' | b'_' | b'a'..=b'z') {
+            continue;
+        }
+        // Escaped bytes include every byte of a multi-byte character, so a run of unescaped
+        // ones always starts and ends on character boundaries.
+        if run < i {
+            out.push_str(&s[run..i]);
+        }
+        run = i + 1;
+        if b == b' ' {
+            out.push('+');
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
     }
-    let mut q = url.query_pairs_mut();
-    for (k, v) in &keep {
-        q.append_pair(k, v);
+    out.push_str(&s[run..]);
+}
+
+#[cfg(test)]
+#[test]
+fn push_form_matches_form_urlencoded() {
+    let samples = [
+        "",
+        "plain",
+        "a b+c&d=e/f?g#h%i",
+        "Grüße, 東京 🎉",
+        "attributes[cl_click]",
+        "*-._~!$'()",
+        "\u{0}\u{1f}\u{7f}",
+    ];
+    for s in samples {
+        let mut out = String::from("x");
+        push_form(&mut out, s);
+        let want: String = form_urlencoded::byte_serialize(s.as_bytes()).collect();
+        assert_eq!(out, format!("x{want}"), "{s:?}");
     }
-    for (k, v) in pairs {
-        q.append_pair(k, v);
+}
+
+/// A destination being rendered: scheme, host and path; the query so far; the fragment.
+/// Built as strings: the url crate re-serialises a URL on every change, which made rendering
+/// half of loading a large links file.
+struct Draft {
+    base: String,
+    query: String,
+    fragment: Option<String>,
+    /// Forwardable keys the link owns, as plain keys and as `attribution/` keys.
+    owned: u16,
+    owned_attribution: u16,
+}
+
+impl Draft {
+    fn new(base: String) -> Draft {
+        Draft {
+            base,
+            query: String::new(),
+            fragment: None,
+            owned: 0,
+            owned_attribution: 0,
+        }
     }
-    drop(q);
-    keys
+
+    /// A validated URL, keeping its query pairs except those named in `replaced`.
+    fn from_url(url: &Url, replaced: &[(&str, &str)]) -> Draft {
+        let mut d = Draft::new(url[..url::Position::AfterPath].to_string());
+        d.fragment = url.fragment().map(str::to_string);
+        if url.query().is_some() {
+            for (k, v) in url.query_pairs() {
+                if !replaced.iter().any(|(p, _)| *p == k) {
+                    d.pair(&k, &v);
+                }
+            }
+        }
+        d
+    }
+
+    fn pair(&mut self, k: &str, v: &str) {
+        if let Some(i) = forwardable_index(k) {
+            self.owned |= 1 << i;
+        }
+        if let Some(i) = k.strip_prefix("attribution/").and_then(forwardable_index) {
+            self.owned_attribution |= 1 << i;
+        }
+        if !self.query.is_empty() {
+            self.query.push('&');
+        }
+        push_form(&mut self.query, k);
+        self.query.push('=');
+        push_form(&mut self.query, v);
+    }
+
+    fn pairs(&mut self, pairs: &[(&str, &str)]) {
+        for (k, v) in pairs {
+            self.pair(k, v);
+        }
+    }
+
+    /// The URL from byte `at` of the base on, with `key=PLACEHOLDER` as the last query pair,
+    /// and without it.
+    fn with_and_without(&self, at: usize, key: &str) -> (String, String) {
+        let mut plain = String::with_capacity(self.base.len() - at + self.query.len() + 2);
+        plain.push_str(&self.base[at..]);
+        if !self.query.is_empty() {
+            plain.push('?');
+            plain.push_str(&self.query);
+        }
+        let mut with = plain.clone();
+        with.push(if self.query.is_empty() { '?' } else { '&' });
+        push_form(&mut with, key);
+        with.push('=');
+        with.push_str(PLACEHOLDER);
+        if let Some(f) = &self.fragment {
+            for s in [&mut plain, &mut with] {
+                s.push('#');
+                s.push_str(f);
+            }
+        }
+        (with, plain)
+    }
+
+    fn finish(self, key: &str, extras: Extras, kind: TargetType, see_other: bool) -> Result<Destination, String> {
+        let (with, plain) = self.with_and_without(0, key);
+        let owned = match extras {
+            Extras::Attribution => self.owned_attribution,
+            Extras::Query | Extras::Nested => self.owned,
+        };
+        finish(&with, &plain, extras, kind, see_other, owned)
+    }
 }
 
 /// Renders one target into a [`Destination`] (`apply_discount` false for fallbacks).
 pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool) -> Result<Destination, String> {
     let discount = p.discount.filter(|_| apply_discount);
-    let utm: Vec<(&str, &str)> = p.utm.to_vec();
     match target {
         TargetConfig::Url { url, platform } => {
-            let mut dest = https_url(url)?;
-            let mut pairs = utm;
+            let url = https_url(url)?;
             match (discount, platform.unwrap_or(Platform::Generic)) {
                 (Some(code), Platform::Shopify) => {
                     // https://shop/discount/CODE?redirect=/path?query&cl_click=ID
-                    let keys = set_pairs(&mut dest, &pairs);
-                    let mut inner_path = dest.path().to_string();
-                    if let Some(q) = dest.query() {
-                        inner_path.push('?');
-                        inner_path.push_str(q);
-                    }
-                    let (with, without) = inner_with_click(&inner_path, dest.fragment(), "cl_click")?;
-                    let mut outer = dest.clone();
-                    outer.set_fragment(None);
-                    outer.set_query(None);
-                    outer
-                        .path_segments_mut()
-                        .map_err(|_| "bad base URL")?
-                        .clear()
-                        .push("discount")
-                        .push(code);
+                    let mut inner = Draft::from_url(&url, p.utm);
+                    inner.pairs(p.utm);
+                    let origin = &url[..url::Position::BeforePath];
+                    let (with, without) = inner.with_and_without(origin.len(), "cl_click");
+                    let mut outer = String::with_capacity(origin.len() + code.len() + 3 * with.len() / 2 + 24);
+                    outer.push_str(origin);
+                    outer.push_str("/discount/");
+                    outer.extend(percent_encoding::utf8_percent_encode(code, PATH_SEGMENT));
+                    outer.push_str("?redirect=");
                     let mut plain = outer.clone();
-                    outer.query_pairs_mut().append_pair("redirect", &with);
-                    plain.query_pairs_mut().append_pair("redirect", &without);
-                    finish(
-                        outer.as_str(),
-                        plain.as_str(),
-                        Extras::Nested,
-                        TargetType::Url,
-                        false,
-                        &keys,
-                    )
+                    push_form(&mut outer, &with);
+                    push_form(&mut plain, &without);
+                    finish(&outer, &plain, Extras::Nested, TargetType::Url, false, inner.owned)
                 }
                 (code, _) => {
+                    let mut pairs = p.utm.to_vec();
                     if let Some(code) = code {
                         // A generic store has no standard discount parameter; `discount=` is the
                         // most common one (Shopify storefront URLs honour it too).
                         pairs.push(("discount", code));
                     }
-                    let keys = set_pairs(&mut dest, &pairs);
-                    with_click_param(dest, "cl_click", Extras::Query, TargetType::Url, false, &keys)
+                    let mut d = Draft::from_url(&url, &pairs);
+                    d.pairs(&pairs);
+                    d.finish("cl_click", Extras::Query, TargetType::Url, false)
                 }
             }
         }
@@ -296,73 +463,60 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
             locale,
             storefront,
         } => {
-            let mut dest = shop_url(shop)?;
+            let mut base = shop_base(shop)?;
             let list = item_list(items.iter().map(|i| (i.variant.to_string(), i.qty)))?;
-            {
-                let mut seg = dest.path_segments_mut().map_err(|_| "bad base URL")?;
-                seg.clear();
-                if let Some(loc) = locale {
-                    let ok =
-                        (2..=5).contains(&loc.len()) && loc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                    if !ok {
-                        return Err(format!("locale `{loc}` must look like `fr` or `en-ca`"));
-                    }
-                    seg.push(loc);
+            if let Some(loc) = locale {
+                let ok = (2..=5).contains(&loc.len()) && loc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !ok {
+                    return Err(format!("locale `{loc}` must look like `fr` or `en-ca`"));
                 }
-                seg.push(if *format == ShopifyFormat::Buy { "buy" } else { "cart" });
-                seg.push(&list);
+                base.push('/');
+                base.push_str(loc);
             }
+            base.push_str(if *format == ShopifyFormat::Buy {
+                "/buy/"
+            } else {
+                "/cart/"
+            });
+            base.push_str(&list);
+            let mut d = Draft::new(base);
             match format {
                 ShopifyFormat::Cart => {
-                    let mut pairs: Vec<(&str, &str)> = Vec::new();
                     if let Some(code) = discount {
-                        pairs.push(("discount", code));
+                        d.pair("discount", code);
                     }
-                    pairs.push(("ref", p.creator));
+                    d.pair("ref", p.creator);
                     if !p.link_id.is_empty() {
-                        pairs.push(("attributes[cl_link]", p.link_id));
+                        d.pair("attributes[cl_link]", p.link_id);
                     }
-                    pairs.extend(utm);
+                    d.pairs(p.utm);
                     if *storefront {
-                        pairs.push(("storefront", "true"));
+                        d.pair("storefront", "true");
                     }
-                    let keys = set_pairs(&mut dest, &pairs);
-                    with_click_param(
-                        dest,
-                        "attributes[cl_click]",
-                        Extras::Query,
-                        TargetType::ShopifyCart,
-                        false,
-                        &keys,
-                    )
+                    d.finish("attributes[cl_click]", Extras::Query, TargetType::ShopifyCart, false)
                 }
                 ShopifyFormat::Buy => {
                     if *storefront {
                         return Err("`storefront` is only for the legacy `cart` format".into());
                     }
-                    let mut owned: Vec<(String, &str)> = Vec::new();
                     if let Some(code) = discount {
-                        owned.push(("discounts/codes/0".into(), code));
+                        d.pair("discounts/codes/0", code);
                     }
-                    owned.push(("attribution/ref".into(), p.creator));
-                    for (k, v) in utm {
-                        owned.push((format!("attribution/{k}"), v));
+                    d.pair("attribution/ref", p.creator);
+                    for (k, v) in p.utm {
+                        d.pair(&format!("attribution/{k}"), v);
                     }
-                    let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                    let keys = set_pairs(&mut dest, &pairs);
-                    with_click_param(
-                        dest,
+                    d.finish(
                         "attribution/cl_click",
                         Extras::Attribution,
                         TargetType::ShopifyCart,
                         true,
-                        &keys,
                     )
                 }
             }
         }
         TargetConfig::WoocommerceCart { shop, items, format } => {
-            let mut dest = shop_url(shop)?;
+            let mut base = shop_base(shop)?;
             let mut pairs: Vec<(&str, String)> = Vec::new();
             match format {
                 WooFormat::AddToCart => {
@@ -372,6 +526,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                         );
                     };
                     check_qty(item.qty)?;
+                    base.push('/');
                     pairs.push(("add-to-cart", item.product.to_string()));
                     pairs.push(("quantity", item.qty.to_string()));
                     if let Some(v) = item.variation {
@@ -379,7 +534,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                     }
                 }
                 WooFormat::CheckoutLink => {
-                    dest.set_path("/checkout-link/");
+                    base.push_str("/checkout-link/");
                     let list = item_list(
                         items
                             .iter()
@@ -391,10 +546,10 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
             if let Some(code) = discount {
                 pairs.push(("coupon", code.to_string()));
             }
-            commerce_query(dest, pairs, utm, TargetType::WoocommerceCart)
+            commerce(base, &pairs, p.utm, TargetType::WoocommerceCart)
         }
         TargetConfig::BigcommerceCart { shop, items, format } => {
-            let mut dest = shop_url(shop)?;
+            let mut base = shop_base(shop)?;
             let item_id = |i: &super::config::BigItem| -> Result<String, String> {
                 match (i.product, &i.sku) {
                     (Some(p), None) => Ok(p.to_string()),
@@ -416,7 +571,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                         return Err("bigcommerce `cart` takes exactly one item; use `checkout` for several".into());
                     };
                     check_qty(item.qty)?;
-                    dest.set_path("/cart.php");
+                    base.push_str("/cart.php");
                     pairs.push(("action", "add".into()));
                     pairs.push((
                         if item.product.is_some() { "product_id" } else { "sku" },
@@ -428,7 +583,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                     }
                 }
                 BigFormat::Checkout => {
-                    dest.set_path("/checkout/");
+                    base.push_str("/checkout/");
                     let ids = items
                         .iter()
                         .map(|i| item_id(i).map(|id| (id, i.qty)))
@@ -439,53 +594,24 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                     }
                 }
             }
-            commerce_query(dest, pairs, utm, TargetType::BigcommerceCart)
+            commerce(base, &pairs, p.utm, TargetType::BigcommerceCart)
         }
     }
 }
 
-fn commerce_query(
-    mut dest: Url,
-    pairs: Vec<(&str, String)>,
-    utm: Vec<(&str, &str)>,
+/// A cart URL: the platform's pairs, then the link's UTM pairs, then the click ID.
+fn commerce(
+    base: String,
+    pairs: &[(&str, String)],
+    utm: &[(&str, &str)],
     kind: TargetType,
 ) -> Result<Destination, String> {
-    let mut all: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    all.extend(utm);
-    let keys = set_pairs(&mut dest, &all);
-    with_click_param(dest, "cl_click", Extras::Query, kind, false, &keys)
-}
-
-/// `path?query` + `#fragment` as relative URLs: with `key=PLACEHOLDER` appended, and without.
-fn inner_with_click(path_and_query: &str, fragment: Option<&str>, key: &str) -> Result<(String, String), String> {
-    let base = Url::parse("https://inner.invalid/").expect("static URL parses");
-    let mut inner = base.join(path_and_query).map_err(|e| e.to_string())?;
-    let mut plain = inner.clone();
-    plain.set_fragment(fragment);
-    inner.query_pairs_mut().append_pair(key, PLACEHOLDER);
-    inner.set_fragment(fragment);
-    let rel = |u: &Url| u[url::Position::BeforePath..].to_string();
-    Ok((rel(&inner), rel(&plain)))
-}
-
-fn with_click_param(
-    mut dest: Url,
-    key: &str,
-    extras: Extras,
-    kind: TargetType,
-    see_other: bool,
-    keys: &[String],
-) -> Result<Destination, String> {
-    let plain = dest.as_str().to_string();
-    let fragment = dest.fragment().map(str::to_string);
-    if fragment.is_some() {
-        dest.set_fragment(None);
+    let mut d = Draft::new(base);
+    for (k, v) in pairs {
+        d.pair(k, v);
     }
-    dest.query_pairs_mut().append_pair(key, PLACEHOLDER);
-    if fragment.is_some() {
-        dest.set_fragment(fragment.as_deref());
-    }
-    finish(dest.as_str(), &plain, extras, kind, see_other, keys)
+    d.pairs(utm);
+    d.finish("cl_click", Extras::Query, kind, false)
 }
 
 fn finish(
@@ -494,7 +620,7 @@ fn finish(
     extras: Extras,
     kind: TargetType,
     see_other: bool,
-    keys: &[String],
+    pinned: u16,
 ) -> Result<Destination, String> {
     // Built once: making a searcher per link was 5 % of loading a large table.
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -523,24 +649,6 @@ fn finish(
     }
     if with.len() > 8000 {
         return Err(format!("destination is {} bytes; 8000 is the limit", with.len()));
-    }
-    let prefix = if extras == Extras::Attribution {
-        "attribution/"
-    } else {
-        ""
-    };
-    // One pass over the link's own keys (a loop of string compares per forwardable name
-    // costed more than the rest of the load together at a million links).
-    let mut pinned = 0u16;
-    for key in keys {
-        let bare = if prefix.is_empty() {
-            Some(key.as_str())
-        } else {
-            key.strip_prefix(prefix)
-        };
-        if let Some(i) = bare.and_then(forwardable_index) {
-            pinned |= 1 << i;
-        }
     }
     Ok(Destination {
         url: with.into(),
