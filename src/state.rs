@@ -45,10 +45,7 @@ impl View {
     pub fn from_settings(settings: &Settings) -> Result<View, String> {
         let brand_fallback = match &settings.fallback {
             Some(url) => {
-                let target = TargetConfig::Url {
-                    url: url.clone(),
-                    platform: None,
-                };
+                let target = TargetConfig::url(url.clone());
                 let params = LinkParams {
                     link_id: "",
                     creator: "",

@@ -100,38 +100,135 @@ pub struct VariantConfig {
     pub target: TargetConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// Where a link sends the visitor; `type` names the kind and the other keys are its fields.
+#[derive(Debug, Clone)]
 pub enum TargetConfig {
-    Url {
-        url: String,
-        /// `shopify`: apply the discount through Shopify's `/discount/CODE?redirect=PATH`.
-        #[serde(default)]
-        platform: Option<Platform>,
-    },
-    ShopifyCart {
-        shop: String,
-        items: Vec<ShopifyItem>,
-        #[serde(default)]
-        format: ShopifyFormat,
-        #[serde(default)]
-        locale: Option<String>,
-        /// Land on the online-store cart instead of checkout (legacy `/cart` format only).
-        #[serde(default)]
-        storefront: bool,
-    },
-    WoocommerceCart {
-        shop: String,
-        items: Vec<WooItem>,
-        #[serde(default)]
-        format: WooFormat,
-    },
-    BigcommerceCart {
-        shop: String,
-        items: Vec<BigItem>,
-        #[serde(default)]
-        format: BigFormat,
-    },
+    Url(UrlTarget),
+    ShopifyCart(ShopifyTarget),
+    WoocommerceCart(WooTarget),
+    BigcommerceCart(BigTarget),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlTarget {
+    pub url: String,
+    /// `shopify`: apply the discount through Shopify's `/discount/CODE?redirect=PATH`.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyTarget {
+    pub shop: String,
+    pub items: Vec<ShopifyItem>,
+    #[serde(default)]
+    pub format: ShopifyFormat,
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// Land on the online-store cart instead of checkout (legacy `/cart` format only).
+    #[serde(default)]
+    pub storefront: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WooTarget {
+    pub shop: String,
+    pub items: Vec<WooItem>,
+    #[serde(default)]
+    pub format: WooFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigTarget {
+    pub shop: String,
+    pub items: Vec<BigItem>,
+    #[serde(default)]
+    pub format: BigFormat,
+}
+
+impl TargetConfig {
+    pub fn url(url: String) -> TargetConfig {
+        TargetConfig::Url(UrlTarget { url, platform: None })
+    }
+}
+
+enum Kind {
+    Url,
+    ShopifyCart,
+    WoocommerceCart,
+    BigcommerceCart,
+}
+
+impl Kind {
+    fn named<E: serde::de::Error>(name: &str) -> Result<Kind, E> {
+        Ok(match name {
+            "url" => Kind::Url,
+            "shopify_cart" => Kind::ShopifyCart,
+            "woocommerce_cart" => Kind::WoocommerceCart,
+            "bigcommerce_cart" => Kind::BigcommerceCart,
+            other => {
+                return Err(E::unknown_variant(
+                    other,
+                    &["url", "shopify_cart", "woocommerce_cart", "bigcommerce_cart"],
+                ))
+            }
+        })
+    }
+
+    fn fields<'de, D: serde::Deserializer<'de>>(self, d: D) -> Result<TargetConfig, D::Error> {
+        Ok(match self {
+            Kind::Url => TargetConfig::Url(UrlTarget::deserialize(d)?),
+            Kind::ShopifyCart => TargetConfig::ShopifyCart(ShopifyTarget::deserialize(d)?),
+            Kind::WoocommerceCart => TargetConfig::WoocommerceCart(WooTarget::deserialize(d)?),
+            Kind::BigcommerceCart => TargetConfig::BigcommerceCart(BigTarget::deserialize(d)?),
+        })
+    }
+}
+
+/// Read by hand rather than as a serde internally tagged enum, which buffers every target
+/// into an intermediate tree first (a tenth of loading a large links file). With `type` as the
+/// first key, as the examples and generators write it, the rest of the object is read straight
+/// into the kind's fields; otherwise the object is buffered and read the same way.
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TargetVisitor)
+    }
+}
+
+struct TargetVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TargetVisitor {
+    type Value = TargetConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a target object with a `type`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TargetConfig, A::Error> {
+        use serde::de::Error;
+        let Some(first) = map.next_key::<String>()? else {
+            return Err(A::Error::missing_field("type"));
+        };
+        if first == "type" {
+            let kind = Kind::named(&map.next_value::<String>()?)?;
+            return kind.fields(serde::de::value::MapAccessDeserializer::new(map));
+        }
+        let mut object = serde_json::Map::new();
+        object.insert(first, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            if object.contains_key(&k) {
+                return Err(A::Error::custom(format_args!("duplicate field `{k}`")));
+            }
+            object.insert(k, v);
+        }
+        let kind = object.remove("type").ok_or_else(|| A::Error::missing_field("type"))?;
+        let kind = Kind::named(&String::deserialize(kind).map_err(A::Error::custom)?)?;
+        kind.fields(serde_json::Value::Object(object)).map_err(A::Error::custom)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -198,4 +295,56 @@ pub enum BigFormat {
     Cart,
     /// `/checkout/?products=ID:N,…&coupon=CODE`: a new cart on every visit.
     Checkout,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(json: &str) -> Result<TargetConfig, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn type_may_come_anywhere_and_reads_the_same() {
+        let first = target(
+            r#"{"type":"shopify_cart","shop":"a.example","items":[{"variant":18446744073709551615,"qty":2}],"format":"buy"}"#,
+        );
+        let last = target(
+            r#"{"shop":"a.example","items":[{"variant":18446744073709551615,"qty":2}],"format":"buy","type":"shopify_cart"}"#,
+        );
+        assert_eq!(format!("{first:?}"), format!("{last:?}"));
+        let Ok(TargetConfig::ShopifyCart(t)) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(t.items[0].variant, u64::MAX);
+        assert_eq!(t.format, ShopifyFormat::Buy);
+    }
+
+    #[test]
+    fn bad_targets_say_what_is_wrong_wherever_type_is() {
+        for (json, want) in [
+            (r#"{"url":"https://a.example/"}"#, "missing field `type`"),
+            (r#"{}"#, "missing field `type`"),
+            (r#"{"type":"ftp"}"#, "unknown variant `ftp`"),
+            (r#"{"url":"x","type":"ftp"}"#, "unknown variant `ftp`"),
+            (r#"{"type":7}"#, "invalid type: integer `7`, expected a string"),
+            (
+                r#"{"type":"url","url":"https://a.example/","colour":1}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"colour":1,"type":"url","url":"https://a.example/"}"#,
+                "unknown field `colour`",
+            ),
+            (r#"{"type":"url","url":"a","url":"b"}"#, "duplicate field `url`"),
+            (r#"{"url":"a","url":"b","type":"url"}"#, "duplicate field `url`"),
+            (r#"{"type":"url","type":"url","url":"a"}"#, "unknown field `type`"),
+            (r#"{"platform":"shopify","type":"url"}"#, "missing field `url`"),
+            (r#""https://a.example/""#, "expected a target object with a `type`"),
+        ] {
+            let err = target(json).expect_err(json);
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
 }

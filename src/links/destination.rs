@@ -6,7 +6,10 @@
 //! The click parameter is always the last query parameter, so cutting it out gives the same URL
 //! without a click ID (for bots and HEAD probes).
 
-use super::config::{BigFormat, Platform, ShopifyFormat, TargetConfig, UtmConfig, WooFormat};
+use super::config::{
+    BigFormat, BigTarget, Platform, ShopifyFormat, ShopifyTarget, TargetConfig, UrlTarget, UtmConfig, WooFormat,
+    WooTarget,
+};
 use url::Url;
 
 /// Where the click ID goes at load time; 36 bytes like a hyphenated UUID, URL-safe, and not
@@ -146,13 +149,13 @@ impl<'a> LinkParams<'a> {
 /// `https://host/` of a target (already validated by `render`).
 pub(crate) fn home_of(target: &TargetConfig) -> String {
     let host = match target {
-        TargetConfig::Url { url, .. } => Url::parse(url)
+        TargetConfig::Url(t) => Url::parse(&t.url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_default(),
-        TargetConfig::ShopifyCart { shop, .. }
-        | TargetConfig::WoocommerceCart { shop, .. }
-        | TargetConfig::BigcommerceCart { shop, .. } => shop.clone(),
+        TargetConfig::ShopifyCart(ShopifyTarget { shop, .. })
+        | TargetConfig::WoocommerceCart(WooTarget { shop, .. })
+        | TargetConfig::BigcommerceCart(BigTarget { shop, .. }) => shop.clone(),
     };
     let mut u = Url::parse("https://home.invalid/").expect("static URL parses");
     let _ = u.set_host(Some(&host));
@@ -424,7 +427,7 @@ impl Draft {
 pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool) -> Result<Destination, String> {
     let discount = p.discount.filter(|_| apply_discount);
     match target {
-        TargetConfig::Url { url, platform } => {
+        TargetConfig::Url(UrlTarget { url, platform }) => {
             let url = https_url(url)?;
             match (discount, platform.unwrap_or(Platform::Generic)) {
                 (Some(code), Platform::Shopify) => {
@@ -456,13 +459,13 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                 }
             }
         }
-        TargetConfig::ShopifyCart {
+        TargetConfig::ShopifyCart(ShopifyTarget {
             shop,
             items,
             format,
             locale,
             storefront,
-        } => {
+        }) => {
             let mut base = shop_base(shop)?;
             let list = item_list(items.iter().map(|i| (i.variant.to_string(), i.qty)))?;
             if let Some(loc) = locale {
@@ -515,7 +518,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                 }
             }
         }
-        TargetConfig::WoocommerceCart { shop, items, format } => {
+        TargetConfig::WoocommerceCart(WooTarget { shop, items, format }) => {
             let mut base = shop_base(shop)?;
             let mut pairs: Vec<(&str, String)> = Vec::new();
             match format {
@@ -548,7 +551,7 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
             }
             commerce(base, &pairs, p.utm, TargetType::WoocommerceCart)
         }
-        TargetConfig::BigcommerceCart { shop, items, format } => {
+        TargetConfig::BigcommerceCart(BigTarget { shop, items, format }) => {
             let mut base = shop_base(shop)?;
             let item_id = |i: &super::config::BigItem| -> Result<String, String> {
                 match (i.product, &i.sku) {

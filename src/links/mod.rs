@@ -287,10 +287,7 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
     }
     let fallback = match &raw.fallback {
         Some(url) => {
-            let t = TargetConfig::Url {
-                url: url.clone(),
-                platform: None,
-            };
+            let t = TargetConfig::url(url.clone());
             let no_discount = LinkParams {
                 discount: None,
                 ..params
@@ -310,10 +307,7 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
     let home = if fallback.is_none()
         && (paused || expires_at_ms.is_some() || raw.max_clicks.is_some() || raw.stock.is_some())
     {
-        let t = TargetConfig::Url {
-            url: destination::home_of(&raw.target),
-            platform: None,
-        };
+        let t = TargetConfig::url(destination::home_of(&raw.target));
         Some(
             render(
                 &t,

@@ -4,7 +4,7 @@
 //! drop the item, swap in its substitute, or send the follower to the fallback — and that rarer
 //! cart is rendered for the request.
 
-use super::config::{LinkConfig, StockPolicy, TargetConfig};
+use super::config::{BigTarget, LinkConfig, ShopifyTarget, StockPolicy, TargetConfig, WooTarget};
 use super::destination::{render, LinkParams};
 use super::Destination;
 use crate::commerce::inventory::{Inventory, Slot};
@@ -42,11 +42,14 @@ pub enum StockOutcome {
 
 fn item_ids(target: &TargetConfig) -> Result<Vec<(u64, Option<u64>)>, String> {
     match target {
-        TargetConfig::ShopifyCart { items, .. } => Ok(items.iter().map(|i| (i.variant, i.inventory_item)).collect()),
-        TargetConfig::WoocommerceCart { items, .. } => {
-            Ok(items.iter().map(|i| (i.variation.unwrap_or(i.product), None)).collect())
-        }
-        TargetConfig::BigcommerceCart { items, .. } => items
+        TargetConfig::ShopifyCart(t) => Ok(t.items.iter().map(|i| (i.variant, i.inventory_item)).collect()),
+        TargetConfig::WoocommerceCart(t) => Ok(t
+            .items
+            .iter()
+            .map(|i| (i.variation.unwrap_or(i.product), None))
+            .collect()),
+        TargetConfig::BigcommerceCart(t) => t
+            .items
             .iter()
             .map(|i| {
                 i.product
@@ -54,7 +57,7 @@ fn item_ids(target: &TargetConfig) -> Result<Vec<(u64, Option<u64>)>, String> {
                     .ok_or_else(|| "stock rules need `product` ids, not `sku`".to_string())
             })
             .collect(),
-        TargetConfig::Url { .. } => Err("a `stock` rule needs a cart target".into()),
+        TargetConfig::Url(_) => Err("a `stock` rule needs a cart target".into()),
     }
 }
 
@@ -62,7 +65,7 @@ fn item_ids(target: &TargetConfig) -> Result<Vec<(u64, Option<u64>)>, String> {
 fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
     let mut t = target.clone();
     match &mut t {
-        TargetConfig::ShopifyCart { items, .. } => {
+        TargetConfig::ShopifyCart(ShopifyTarget { items, .. }) => {
             let kept = items.iter().zip(ids).filter_map(|(it, id)| id.map(|v| (it, v)));
             *items = kept
                 .map(|(it, v)| super::config::ShopifyItem {
@@ -71,7 +74,7 @@ fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
                 })
                 .collect();
         }
-        TargetConfig::WoocommerceCart { items, .. } => {
+        TargetConfig::WoocommerceCart(WooTarget { items, .. }) => {
             let kept = items.iter().zip(ids).filter_map(|(it, id)| id.map(|v| (it, v)));
             *items = kept
                 .map(|(it, v)| match it.variation {
@@ -86,7 +89,7 @@ fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
                 })
                 .collect();
         }
-        TargetConfig::BigcommerceCart { items, .. } => {
+        TargetConfig::BigcommerceCart(BigTarget { items, .. }) => {
             let kept = items.iter().zip(ids).filter_map(|(it, id)| id.map(|v| (it, v)));
             *items = kept
                 .map(|(it, v)| super::config::BigItem {
@@ -95,7 +98,7 @@ fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
                 })
                 .collect();
         }
-        TargetConfig::Url { .. } => {}
+        TargetConfig::Url(_) => {}
     }
     t
 }
