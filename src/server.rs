@@ -8,9 +8,9 @@
 //! The admin listener stays up until the end so metrics can be scraped during the drain.
 //!
 //! Every wait a client can cause has a named deadline: TLS handshake (`tls.handshake_timeout_ms`),
-//! request head (`http.header_read_timeout_ms`, hyper's timer), idle connection
-//! (`http.keepalive_idle_ms`) and stalled write (`http.write_timeout_ms`) — the last two in
-//! [`io::Deadlines`]. Each listener holds at most `http.max_connections` connections; past
+//! request head (`http.header_read_timeout_ms`), idle connection (`http.keepalive_idle_ms`) and
+//! stalled write (`http.write_timeout_ms`) — all three in [`io::Deadlines`], except the admin
+//! listener's request head, which is hyper's timer. Each listener holds at most `http.max_connections` connections; past
 //! `http.max_inflight` public requests are answered 503 + `Retry-After: 1` from a response built
 //! once, except `/healthz`.
 
@@ -173,11 +173,14 @@ impl Public {
     }
 }
 
-pub fn http_builder(cfg: &HttpConfig) -> auto::Builder<TokioExecutor> {
+/// `hyper_head_timer`: hyper times the request head (the admin listener, whose bodies can be
+/// long uploads); otherwise the connection's [`io::Deadlines`] do.
+pub fn http_builder(cfg: &HttpConfig, hyper_head_timer: bool) -> auto::Builder<TokioExecutor> {
+    let head = Duration::from_millis(cfg.header_read_timeout_ms);
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .header_read_timeout(hyper_head_timer.then_some(head))
         .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_bytes)
         .keep_alive(true);
@@ -197,8 +200,7 @@ struct Listener {
     tls: Option<Arc<tls::Tls>>,
     what: &'static str,
     max_connections: usize,
-    write_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: io::Timeouts,
     send_buffer: usize,
 }
 
@@ -209,9 +211,13 @@ impl Listener {
             tls,
             what,
             max_connections: http.max_connections,
-            write_timeout: Duration::from_millis(http.write_timeout_ms),
+            timeouts: io::Timeouts {
+                write: Duration::from_millis(http.write_timeout_ms),
+                idle: Duration::from_millis(http.keepalive_idle_ms),
+                // The admin listener's head is timed by hyper (see `http_builder`).
+                head: (what != "admin").then(|| Duration::from_millis(http.header_read_timeout_ms)),
+            },
             send_buffer: http.socket_send_buffer_bytes,
-            idle_timeout: Duration::from_millis(http.keepalive_idle_ms),
         }
     }
 }
@@ -275,7 +281,7 @@ async fn accept_loop<S, F>(
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT);
         let pipeline = io::Pipeline::default();
         let service = make(peer.ip(), pipeline.clone());
-        let stream = io::Deadlines::new(stream, l.write_timeout, l.idle_timeout, pipeline);
+        let stream = io::Deadlines::new(stream, l.timeouts, pipeline);
         let watcher = graceful.watcher();
         let builder = builder.clone();
         match &l.tls {
@@ -333,7 +339,7 @@ pub async fn run(
 ) {
     let (stop_public, public_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
-    let builder = Arc::new(http_builder(&http));
+    let builder = Arc::new(http_builder(&http, false));
     let gate = Arc::new(Gate::new(&http, app.metrics.inflight.clone()));
     let public_service = {
         let app = app.clone();
@@ -365,7 +371,7 @@ pub async fn run(
         let limits = http.clone();
         tokio::spawn(accept_loop(
             Listener::new(admin, None, "admin", &http),
-            builder,
+            Arc::new(http_builder(&http, true)),
             admin_rx,
             Duration::from_secs(1),
             move |_, _| admin::Admin::new(app.clone(), limits.clone()),

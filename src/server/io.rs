@@ -1,14 +1,19 @@
-//! A connection's byte stream with two deadlines hyper does not have:
+//! A connection's byte stream with its deadlines:
 //!
 //! - **write**: a write (or flush) that makes no progress for `write_timeout` fails with
 //!   `TimedOut`, so a client that never reads its response cannot hold a connection and its
 //!   buffers forever;
 //! - **idle**: a read that waits for `idle_timeout` with nothing read or written since fails,
-//!   closing keep-alive connections nobody uses (hyper's HTTP/1 header timer covers a request
-//!   that has started; this covers the rest, HTTP/2 included).
+//!   closing keep-alive connections nobody uses (HTTP/2 included);
+//! - **head** (public listeners): once a client has sent a byte, an answer must be written
+//!   within `head_timeout`, or its next read fails — a request head dribbled out a byte at a
+//!   time (slowloris) is cut off. Public requests carry no body, so this is hyper's header
+//!   read timeout without hyper's timer, which armed and disarmed a timer-wheel entry (a lock
+//!   and an allocation) for every request. The admin listener, whose uploads can be long,
+//!   keeps hyper's.
 //!
 //! Each deadline starts at the first `Pending` after progress and is cleared by progress:
-//! bytes written clear both, bytes read clear only the idle one.
+//! bytes written clear all three, bytes read clear only the idle one.
 //!
 //! It also tells the connection's [`Pipeline`] each time the client is waited for, so the
 //! service can count the requests it answers to a client that sends without pausing.
@@ -18,7 +23,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -27,6 +32,9 @@ pub struct Deadlines<T> {
     inner: T,
     write: Deadline,
     idle: Deadline,
+    head: Option<Deadline>,
+    /// Bytes read since the last answer was written: the head deadline runs.
+    heard: bool,
     pipeline: Pipeline,
 }
 
@@ -64,6 +72,8 @@ struct Deadline {
     since: Instant,
     /// Progress since `since`: the deadline restarts at the next `Pending`.
     stale: bool,
+    /// The task the timer was last polled for (it wakes that one).
+    waker: Option<Waker>,
 }
 
 impl Deadline {
@@ -73,6 +83,7 @@ impl Deadline {
             timer: None,
             since: Instant::now(),
             stale: true,
+            waker: None,
         }
     }
 
@@ -89,6 +100,12 @@ impl Deadline {
         }
         let due = self.since + self.after;
         let timer = self.timer.get_or_insert_with(|| Box::pin(sleep_until(due)));
+        // Registered for this task already and not fired: nothing to do (polling the timer
+        // again would only re-register the same waker, on every request).
+        if !timer.is_elapsed() && self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        self.waker = Some(cx.waker().clone());
         loop {
             if timer.as_mut().poll(cx).is_pending() {
                 return false;
@@ -104,20 +121,32 @@ impl Deadline {
     }
 }
 
+/// How long a connection may wait for each thing (`head`: `None` for no head deadline).
+#[derive(Clone, Copy)]
+pub struct Timeouts {
+    pub write: Duration,
+    pub idle: Duration,
+    pub head: Option<Duration>,
+}
+
 impl<T> Deadlines<T> {
-    pub fn new(inner: T, write_timeout: Duration, idle_timeout: Duration, pipeline: Pipeline) -> Self {
+    pub fn new(inner: T, t: Timeouts, pipeline: Pipeline) -> Self {
         Deadlines {
             inner,
-            write: Deadline::new(write_timeout),
-            idle: Deadline::new(idle_timeout),
+            write: Deadline::new(t.write),
+            idle: Deadline::new(t.idle),
+            head: t.head.map(Deadline::new),
+            heard: false,
             pipeline,
         }
     }
 
-    /// Bytes written: both deadlines start over.
+    /// Bytes written: every deadline starts over, and the head deadline waits for the next
+    /// byte read.
     fn progress(&mut self) {
         self.write.progress();
         self.idle.progress();
+        self.heard = false;
     }
 }
 
@@ -131,6 +160,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
                 // but never reads must still hit the write deadline.
                 if buf.filled().len() > before {
                     this.idle.progress();
+                    if !this.heard {
+                        // The first byte since the last answer: the head deadline starts now,
+                        // and more bytes do not move it.
+                        this.heard = true;
+                        if let Some(head) = &mut this.head {
+                            head.progress();
+                        }
+                    }
                 }
                 Poll::Ready(r)
             }
@@ -138,6 +175,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
                 this.pipeline.restart();
                 if this.idle.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+                }
+                if let (true, Some(head)) = (this.heard, &mut this.head) {
+                    if head.expired(cx) {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "header read timeout")));
+                    }
                 }
                 Poll::Pending
             }
