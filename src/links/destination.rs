@@ -348,7 +348,8 @@ impl Draft {
     fn new(base: String) -> Draft {
         Draft {
             base,
-            query: String::new(),
+            // Room for a typical cart's pairs, so the query is not regrown pair by pair.
+            query: String::with_capacity(192),
             fragment: None,
             owned: 0,
             owned_attribution: 0,
@@ -393,13 +394,15 @@ impl Draft {
     /// The URL from byte `at` of the base on, with `key=PLACEHOLDER` as the last query pair,
     /// and without it.
     fn with_and_without(&self, at: usize, key: &str) -> (String, String) {
-        let mut plain = String::with_capacity(self.base.len() - at + self.query.len() + 2);
+        let fragment = self.fragment.as_ref().map_or(0, |f| f.len() + 1);
+        let mut plain = String::with_capacity(self.base.len() - at + self.query.len() + 1 + fragment);
         plain.push_str(&self.base[at..]);
         if !self.query.is_empty() {
             plain.push('?');
             plain.push_str(&self.query);
         }
-        let mut with = plain.clone();
+        let mut with = String::with_capacity(plain.len() + 3 * key.len() + 2 + CLICK_ID_LEN + fragment);
+        with.push_str(&plain);
         with.push(if self.query.is_empty() { '?' } else { '&' });
         push_form(&mut with, key);
         with.push('=');
