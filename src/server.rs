@@ -10,7 +10,8 @@
 //! Every wait a client can cause has a named deadline: TLS handshake (`tls.handshake_timeout_ms`),
 //! request head (`http.header_read_timeout_ms`), idle connection (`http.keepalive_idle_ms`) and
 //! stalled write (`http.write_timeout_ms`) — all three in [`io::Deadlines`], except the admin
-//! listener's request head, which is hyper's timer. Each listener holds at most `http.max_connections` connections; past
+//! listener's request head, which is hyper's timer. Each listener holds at most
+//! `http.max_connections` connections; past
 //! `http.max_inflight` public requests are answered 503 + `Retry-After: 1` from a response built
 //! once, except `/healthz`.
 
@@ -205,7 +206,15 @@ struct Listener {
 }
 
 impl Listener {
-    fn new(tcp: TcpListener, tls: Option<Arc<tls::Tls>>, what: &'static str, http: &HttpConfig) -> Listener {
+    /// `head_in_io`: the connection times the request head itself (public listeners, whose
+    /// requests carry no body); otherwise hyper does (see `http_builder`).
+    fn new(
+        tcp: TcpListener,
+        tls: Option<Arc<tls::Tls>>,
+        what: &'static str,
+        http: &HttpConfig,
+        head_in_io: bool,
+    ) -> Listener {
         Listener {
             tcp,
             tls,
@@ -214,8 +223,7 @@ impl Listener {
             timeouts: io::Timeouts {
                 write: Duration::from_millis(http.write_timeout_ms),
                 idle: Duration::from_millis(http.keepalive_idle_ms),
-                // The admin listener's head is timed by hyper (see `http_builder`).
-                head: (what != "admin").then(|| Duration::from_millis(http.header_read_timeout_ms)),
+                head: head_in_io.then(|| Duration::from_millis(http.header_read_timeout_ms)),
             },
             send_buffer: http.socket_send_buffer_bytes,
         }
@@ -352,7 +360,7 @@ pub async fn run(
     };
     let tls_task = tls.map(|t| {
         tokio::spawn(accept_loop(
-            Listener::new(t.tcp, Some(t.tls), "tls", &http),
+            Listener::new(t.tcp, Some(t.tls), "tls", &http, true),
             builder.clone(),
             public_rx.clone(),
             grace,
@@ -360,7 +368,7 @@ pub async fn run(
         ))
     });
     let public_task = tokio::spawn(accept_loop(
-        Listener::new(public, None, "public", &http),
+        Listener::new(public, None, "public", &http, true),
         builder.clone(),
         public_rx,
         grace,
@@ -369,9 +377,12 @@ pub async fn run(
     let admin_task = {
         let app = app.clone();
         let limits = http.clone();
+        // Uploads to the admin listener can be long: hyper times only its request heads.
+        let listener = Listener::new(admin, None, "admin", &http, false);
+        let builder = Arc::new(http_builder(&http, listener.timeouts.head.is_none()));
         tokio::spawn(accept_loop(
-            Listener::new(admin, None, "admin", &http),
-            Arc::new(http_builder(&http, true)),
+            listener,
+            builder,
             admin_rx,
             Duration::from_secs(1),
             move |_, _| admin::Admin::new(app.clone(), limits.clone()),
