@@ -14,7 +14,7 @@ pub use destination::{Destination, TargetType, CLICK_ID_LEN, FORWARDABLE};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 /// One validated link, ready to serve.
 #[derive(Debug)]
@@ -356,6 +356,7 @@ const MIN_PIECE_BYTES: usize = 4 << 20;
 /// What one parser thread made of its piece of the file: links with their line numbers,
 /// errors, and how many lines the piece had.
 struct Piece {
+    bytes: usize,
     links: Vec<(usize, Arc<Link>)>,
     errors: Vec<LinkError>,
     lines: usize,
@@ -388,6 +389,7 @@ fn pieces(data: &[u8], n: usize, min: usize) -> Vec<&[u8]> {
 fn parse_piece(piece: &[u8], name: &str) -> Piece {
     let mut interner = Interner::default();
     let mut out = Piece {
+        bytes: piece.len(),
         links: Vec::with_capacity(piece.len() / 256),
         errors: Vec::new(),
         lines: 0,
@@ -427,51 +429,113 @@ fn parser_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
-/// Parses the pieces on `threads` threads while this one merges them, in file order, as they
-/// come in.
+/// Parses text already in memory, cut into `pieces`, on `threads` threads.
 fn parse_in_pieces(data: &[u8], name: &str, pieces: Vec<&[u8]>, threads: usize) -> Result<LinkTable, LoadError> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     if let [piece] = pieces[..] {
-        // One piece (files up to 4 MiB, admin uploads of that size): no thread to start.
-        let mut merge = Merge::new(data, name);
-        merge.add(parse_piece(piece, name), 1);
+        // One piece (files up to 8 MiB, admin uploads of that size): no thread to start.
+        let mut merge = Merge::new(Text::Bytes(data), name, data.len());
+        merge.add(parse_piece(piece, name));
         return merge.finish();
     }
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Piece)>();
+    parse_in_parallel(Text::Bytes(data), name, data.len(), threads, move |jobs, _| {
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if jobs.send((i, Chunk::Slice(piece))).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The text being loaded, for the rare second look at it: where a duplicate id first appears.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// A piece of the text for a parser thread: borrowed from memory, or the first `len` bytes of
+/// one of the file reader's buffers (handed back for reuse once parsed).
+enum Chunk<'a> {
+    Slice(&'a [u8]),
+    Buf(Vec<u8>, usize),
+}
+
+impl Chunk<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Slice(s) => s,
+            Chunk::Buf(buf, len) => &buf[..*len],
+        }
+    }
+}
+
+type Jobs<'a> = mpsc::Sender<(usize, Chunk<'a>)>;
+
+/// Runs `feed` on its own thread to hand out numbered chunks that end after a line end;
+/// `threads` threads parse them while this one merges them, in file order, as they come in.
+/// Parsed buffers go back to `feed` through the receiver it is given.
+fn parse_in_parallel<'a, F>(
+    text: Text<'a>,
+    name: &str,
+    bytes: usize,
+    threads: usize,
+    feed: F,
+) -> Result<LinkTable, LoadError>
+where
+    F: FnOnce(Jobs<'a>, mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> + Send,
+{
+    let (jobs, job_rx) = mpsc::channel::<(usize, Chunk<'a>)>();
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (spent, spent_rx) = mpsc::channel::<Vec<u8>>();
+    let (done, done_rx) = mpsc::channel::<(usize, Piece)>();
     std::thread::scope(|s| {
-        for _ in 0..threads.min(pieces.len()).max(1) {
-            let (tx, pieces, next) = (tx.clone(), &pieces, &next);
+        for _ in 0..threads.max(1) {
+            let (job_rx, done, spent) = (&job_rx, done.clone(), spent.clone());
             s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(piece) = pieces.get(i) else { return };
-                if tx.send((i, parse_piece(piece, name))).is_err() {
+                let next = job_rx.lock().expect("links parser panicked").recv();
+                let Ok((i, chunk)) = next else { return };
+                let piece = parse_piece(chunk.bytes(), name);
+                if let Chunk::Buf(buf, _) = chunk {
+                    let _ = spent.send(buf);
+                }
+                if done.send((i, piece)).is_err() {
                     return;
                 }
             });
         }
-        drop(tx);
-        let mut merge = Merge::new(data, name);
+        drop((done, spent));
+        let feeder = s.spawn(move || feed(jobs, spent_rx));
+        let mut merge = Merge::new(text, name, bytes);
         // Pieces arrive in any order; they are merged in file order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut due = 0usize;
-        for (i, piece) in rx {
+        for (i, piece) in done_rx {
             waiting.insert(i, piece);
             while let Some(piece) = waiting.remove(&due) {
-                merge.add(piece, pieces.len());
+                merge.add(piece);
                 due += 1;
             }
         }
-        debug_assert!(waiting.is_empty() && due == pieces.len());
+        feeder
+            .join()
+            .expect("links reader panicked")
+            .map_err(|e| cannot_read(name, e))?;
+        debug_assert!(waiting.is_empty());
         merge.finish()
     })
 }
 
 /// The table being assembled from parsed pieces, in file order.
 struct Merge<'a> {
-    data: &'a [u8],
+    text: Text<'a>,
     name: &'a str,
+    /// Size of the whole text, to size the table from the first piece.
+    bytes: usize,
     errors: Vec<LinkError>,
+    /// Duplicate ids to report, with their lines. Where each first appears is looked up once,
+    /// at the end, for all of them.
+    duplicates: Vec<(usize, compact_str::CompactString)>,
     links: FxHashSet<ById>,
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
     /// Lines in the pieces merged so far.
@@ -481,21 +545,24 @@ struct Merge<'a> {
 // `ById` hashes only the immutable id; the atomic click counter inside does not affect it.
 #[allow(clippy::mutable_key_type)]
 impl<'a> Merge<'a> {
-    fn new(data: &'a [u8], name: &'a str) -> Merge<'a> {
+    fn new(text: Text<'a>, name: &'a str, bytes: usize) -> Merge<'a> {
         Merge {
-            data,
+            text,
             name,
+            bytes,
             errors: Vec::new(),
+            duplicates: Vec::new(),
             links: FxHashSet::default(),
             by_discount: FxHashMap::default(),
             before: 0,
         }
     }
 
-    fn add(&mut self, piece: Piece, pieces: usize) {
+    fn add(&mut self, piece: Piece) {
         if self.links.is_empty() {
-            // Pieces are about the same size: the first one tells how big the table will be.
-            self.links.reserve(piece.links.len() * pieces);
+            // Lines are about the same size: the first piece tells how big the table will be.
+            let expected = piece.links.len() as u128 * self.bytes as u128 / piece.bytes.max(1) as u128;
+            self.links.reserve(usize::try_from(expected).unwrap_or(0));
         }
         let before = self.before;
         self.errors.extend(piece.errors.into_iter().map(|e| LinkError {
@@ -509,14 +576,11 @@ impl<'a> Merge<'a> {
             let id = link.id.clone();
             if !self.links.insert(ById(link)) {
                 let line = line + before;
-                // Finding the first line scans the file: only for an error that will be shown
-                // (a file appended to itself has millions of duplicates).
-                if self.errors.iter().filter(|e| e.line < line).count() < MAX_REPORTED {
-                    self.errors.push(LinkError {
-                        file: self.name.into(),
-                        line,
-                        reason: format!("duplicate id `{id}` (first on line {})", first_line_of(self.data, &id)),
-                    });
+                // A file appended to itself has millions of duplicates: keep those that will be shown.
+                let earlier = self.errors.iter().filter(|e| e.line < line).count()
+                    + self.duplicates.iter().filter(|d| d.0 < line).count();
+                if earlier < MAX_REPORTED {
+                    self.duplicates.push((line, id));
                 }
             }
         }
@@ -525,6 +589,15 @@ impl<'a> Merge<'a> {
 
     fn finish(self) -> Result<LinkTable, LoadError> {
         let mut errors = self.errors;
+        if !self.duplicates.is_empty() {
+            let ids: Vec<&str> = self.duplicates.iter().map(|d| d.1.as_str()).collect();
+            let firsts = first_lines(self.text, &ids);
+            errors.extend(self.duplicates.iter().zip(firsts).map(|((line, id), first)| LinkError {
+                file: self.name.into(),
+                line: *line,
+                reason: format!("duplicate id `{id}` (first on line {first})"),
+            }));
+        }
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.line);
             errors.truncate(MAX_REPORTED);
@@ -557,65 +630,144 @@ fn first_for_code(by_discount: &mut FxHashMap<Box<str>, Arc<Link>>, code: &str, 
     }
 }
 
-/// Rare path (a duplicate id): the line where `id` first appears.
-fn first_line_of(data: &[u8], id: &str) -> usize {
+/// Rare path (duplicate ids): the line where each of `ids` first appears, in one pass over the
+/// text (a file is read again).
+fn first_lines(text: Text, ids: &[&str]) -> Vec<usize> {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: String,
     }
-    data.split(|&b| b == b'\n')
-        .position(|l| serde_json::from_slice::<IdOnly>(l).is_ok_and(|x| x.id == id))
-        .map_or(0, |i| i + 1)
+    let mut firsts = vec![0; ids.len()];
+    let mut look = |i: usize, line: &[u8]| {
+        if let Ok(x) = serde_json::from_slice::<IdOnly>(line) {
+            for (first, _) in firsts.iter_mut().zip(ids).filter(|(f, id)| **f == 0 && **id == x.id) {
+                *first = i + 1;
+            }
+        }
+    };
+    match text {
+        Text::Bytes(data) => data.split(|&b| b == b'\n').enumerate().for_each(|(i, l)| look(i, l)),
+        Text::File(path) => {
+            use std::io::BufRead;
+            if let Ok(file) = std::fs::File::open(path) {
+                let lines = std::io::BufReader::new(file).split(b'\n').map_while(Result::ok);
+                lines.enumerate().for_each(|(i, l)| look(i, &l));
+            }
+        }
+    }
+    firsts
 }
 
-/// Reads and parses a links file.
+fn cannot_read(name: &str, e: std::io::Error) -> LoadError {
+    LoadError(vec![LinkError {
+        file: name.into(),
+        line: 0,
+        reason: format!("cannot read: {e}"),
+    }])
+}
+
+/// Reads and parses a links file. A large one is read in chunks into a few reused buffers
+/// while earlier chunks are parsed: a 10M-link file is 2.6 GB, and holding it whole cost that
+/// much fresh memory besides the table.
 pub fn load(path: &Path) -> Result<LinkTable, LoadError> {
     let name = path.display().to_string();
-    let data = read(path).map_err(|e| {
-        LoadError(vec![LinkError {
-            file: name.clone(),
-            line: 0,
-            reason: format!("cannot read: {e}"),
-        }])
-    })?;
-    parse_bytes(&data, &name)
-}
-
-/// Reads a whole file; a large one on several threads at once, each into its own part of the
-/// buffer (a 10M-link file is 2.7 GB: one thread spent seconds copying and faulting it in).
-fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    let len = usize::try_from(meta.len()).map_err(std::io::Error::other)?;
+    let file = std::fs::File::open(path).map_err(|e| cannot_read(&name, e))?;
+    let meta = file.metadata().map_err(|e| cannot_read(&name, e))?;
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
     // Small files, pipes and the like: one plain read to the end.
     if !meta.is_file() || len < 2 * MIN_PIECE_BYTES {
-        return std::fs::read(path);
+        let data = std::fs::read(path).map_err(|e| cannot_read(&name, e))?;
+        return parse_bytes(&data, &name);
     }
-    let mut data = vec![0u8; len];
-    let size = len.div_ceil(parser_threads()).max(MIN_PIECE_BYTES);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = data
-            .chunks_mut(size)
-            .enumerate()
-            .map(|(i, part)| {
-                let file = &file;
-                s.spawn(move || file.read_exact_at(part, (i * size) as u64))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("links reader thread panicked"))
+    load_in_chunks(file, len, path, &name, CHUNK_BYTES, parser_threads())
+}
+
+/// How much of a large file each parser thread takes at a time.
+const CHUNK_BYTES: usize = 8 << 20;
+
+fn load_in_chunks(
+    file: std::fs::File,
+    len: usize,
+    path: &Path,
+    name: &str,
+    chunk: usize,
+    threads: usize,
+) -> Result<LinkTable, LoadError> {
+    // Enough buffers that every parser has one while the next is being read.
+    let buffers = threads + 2;
+    parse_in_parallel(Text::File(path), name, len, threads, move |jobs, spent| {
+        read_chunks(file, len, chunk, buffers, jobs, spent)
     })
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => std::io::Error::other("the file shrank while being read"),
-        _ => e,
-    })?;
-    // Written to while being read (a reload should rename a finished file into place).
-    if file.read_at(&mut [0u8; 1], len as u64)? != 0 {
-        return Err(std::io::Error::other("the file grew while being read"));
+}
+
+/// Reads `file` to its end into at most `buffers` buffers, each cut after its last line end
+/// (the rest starts the next), and sends them numbered in order. A line longer than a buffer
+/// grows it.
+fn read_chunks(
+    mut file: std::fs::File,
+    len: usize,
+    chunk: usize,
+    buffers: usize,
+    jobs: Jobs,
+    spent: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut made = 1;
+    let mut buf = vec![0u8; chunk];
+    let (mut filled, mut total, mut i) = (0, 0, 0);
+    loop {
+        let n = match file.read(&mut buf[filled..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read?,
+        };
+        let (at_end, full) = (n == 0, filled + n == buf.len());
+        filled += n;
+        total += n;
+        if !at_end && !full {
+            continue;
+        }
+        if at_end {
+            if filled > 0 {
+                let _ = jobs.send((i, Chunk::Buf(buf, filled)));
+            }
+            break;
+        }
+        let Some(cut) = memchr::memrchr(b'\n', &buf[..filled]).map(|at| at + 1) else {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        };
+        let carried = filled - cut;
+        let mut next = match spent.try_recv() {
+            Ok(b) => b,
+            Err(_) if made < buffers => {
+                made += 1;
+                vec![0u8; chunk]
+            }
+            Err(_) => match spent.recv() {
+                Ok(b) => b,
+                Err(_) => return Ok(()), // every parser is gone; the panic is reported by the scope
+            },
+        };
+        if next.len() <= carried {
+            next.resize(carried + chunk, 0);
+        }
+        next[..carried].copy_from_slice(&buf[cut..filled]);
+        if jobs
+            .send((i, Chunk::Buf(std::mem::replace(&mut buf, next), cut)))
+            .is_err()
+        {
+            return Ok(());
+        }
+        i += 1;
+        filled = carried;
     }
-    Ok(data)
+    // Written to while being read (a reload should rename a finished file into place).
+    if total != len {
+        return Err(std::io::Error::other(format!(
+            "the file changed while being read ({len} bytes, then {total})"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -685,6 +837,68 @@ mod tests {
         assert_eq!(ids.len(), 36);
         let table = parse(&good, "f").unwrap();
         assert_eq!(&*table.by_discount("CODE-L0").unwrap().id, "l0");
+    }
+
+    /// `text` written to a file of its own, then loaded in chunks of `chunk` bytes.
+    fn load_chunked(text: &str, chunk: usize, threads: usize) -> Result<Vec<String>, Vec<String>> {
+        let path = std::env::temp_dir().join(format!(
+            "cartlink-chunks-{}-{chunk}-{threads}-{}.jsonl",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let got = outcome(load_in_chunks(file, text.len(), &path, "f", chunk, threads));
+        std::fs::remove_file(&path).unwrap();
+        got
+    }
+
+    #[test]
+    fn a_file_read_in_chunks_reads_as_one_piece_of_memory_does() {
+        let mut text = String::new();
+        for i in 0..40 {
+            match i {
+                7 | 8 => text.push('\n'),
+                13 => text.push_str("{\"id\":\"broken\"\n"),
+                21 => text.push_str(&format!("  {}\r\n", line("l3"))),
+                // Longer than most chunks below: the buffer grows to hold it.
+                30 => text.push_str(&format!("{}{}\n", line("long"), " ".repeat(700))),
+                _ => text.push_str(&format!("{}\n", line(&format!("l{i}")))),
+            }
+        }
+        let good: String = text
+            .lines()
+            .filter(|l| !l.contains("broken") && !l.starts_with("  "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let unended = good.trim_end().to_string();
+        for text in [&text, &good, &unended] {
+            let want = outcome(parse_in_pieces(text.as_bytes(), "f", vec![text.as_bytes()], 1));
+            for chunk in [1, 50, 333, 4096, 1 << 20] {
+                for threads in [1, 3] {
+                    assert_eq!(
+                        load_chunked(text, chunk, threads),
+                        want,
+                        "chunk={chunk} threads={threads}"
+                    );
+                }
+            }
+        }
+        assert_eq!(load_chunked(&good, 64, 2).unwrap().len(), 36);
+        assert!(load_chunked(&text, 64, 2).unwrap_err()[1].starts_with("22: duplicate id `l3` (first on line 4)"));
+    }
+
+    #[test]
+    fn a_file_that_changes_while_read_in_chunks_is_refused() {
+        let text: String = (0..50).map(|i| line(&format!("l{i}")) + "\n").collect();
+        let path = std::env::temp_dir().join(format!("cartlink-changed-{}.jsonl", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        for len in [text.len() - 1, text.len() + 1] {
+            let file = std::fs::File::open(&path).unwrap();
+            let err = load_in_chunks(file, len, &path, "f", 100, 2).unwrap_err();
+            assert!(err.0[0].reason.contains("the file changed while being read"), "{err}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
