@@ -23,7 +23,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0";
 
-fn app(n: usize) -> (Arc<App>, clicks::Pipeline) {
+fn make_app(n: usize) -> (Arc<App>, clicks::Pipeline) {
     // The full path: geo database, client IP from X-Forwarded-For behind a trusted proxy.
     let geo = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/geo-geolite2.mmdb");
     let env = move |k: &str| match k {
@@ -65,7 +65,7 @@ fn app(n: usize) -> (Arc<App>, clicks::Pipeline) {
 
 fn bench(c: &mut Criterion) {
     let n = 100_000;
-    let (app, pipeline) = app(n);
+    let (app, pipeline) = make_app(n);
     let keys = links::signature::KeyRing::parse(KEYS).unwrap();
     let uris: Vec<Uri> = (0..1024)
         .map(|i| {
@@ -146,6 +146,25 @@ fn bench(c: &mut Criterion) {
     drop(snap);
     drop(app);
     pipeline.shutdown(std::time::Instant::now() + std::time::Duration::from_secs(5));
+
+    // A spike spread over many creators' links: each request's link (and its rendered URL) is
+    // most likely not in the CPU's caches, as on a busy edge. 65,536 URIs over a million links.
+    let n = 1_000_000;
+    let (cold, cold_pipeline) = make_app(n);
+    let uris: Vec<Uri> = (0..1u64 << 16)
+        .map(|i| {
+            let id = format!("l{}", i.wrapping_mul(2_654_435_761) % n as u64);
+            format!("/{id}.{}?sub=reel-{i}", keys.sign(&id)).parse().unwrap()
+        })
+        .collect();
+    c.bench_function("redirect/human_click_cold_links (1M links)", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(redirect::handle(&cold, &Method::GET, &uris[i], &headers, peer))
+        })
+    });
+    drop(cold);
+    cold_pipeline.shutdown(std::time::Instant::now() + std::time::Duration::from_secs(5));
 }
 
 criterion_group!(benches, bench);

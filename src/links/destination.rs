@@ -101,6 +101,11 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// Starts loading the URL's first bytes into the cache (see [`super::prefetch`]).
+    pub fn prefetch(&self) {
+        super::prefetch(self.url.as_ptr(), self.url.len().min(192));
+    }
+
     /// The URL up to the click ID (includes the click parameter's key).
     pub fn head(&self) -> &str {
         &self.url[..self.click_at as usize]

@@ -11,7 +11,7 @@ use crate::clicks::Device;
 use config::{LinkConfig, StatusConfig, TargetConfig};
 use destination::{render, LinkParams};
 pub use destination::{Destination, TargetType, CLICK_ID_LEN, FORWARDABLE};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
@@ -75,24 +75,49 @@ impl Link {
     }
 }
 
-/// Table entry: the link itself, hashed and compared by id, so the id is stored once.
+/// Table entry: the link with its id's hash, so a lookup can pick its candidate (and start
+/// fetching the link's memory) before it compares ids. The id itself is stored once, in the link.
 #[derive(Debug)]
-struct ById(Arc<Link>);
+struct Entry {
+    hash: u64,
+    link: Arc<Link>,
+}
 
-impl std::hash::Hash for ById {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id.hash(state)
-    }
+fn hash_id(id: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(id)
 }
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
+
+/// Asks the CPU to start loading the `bytes` at `p` into its cache without waiting for them.
+pub(crate) fn prefetch<T>(p: *const T, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint: it never faults, and changes nothing observable.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>().wrapping_add(line))
+        };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
 }
-impl Eq for ById {}
-impl std::borrow::Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        &self.0.id
+
+/// A lookup under way (see [`LinkTable::start_get`]).
+pub struct PendingGet<'a> {
+    table: &'a LinkTable,
+    id: &'a [u8],
+    hash: u64,
+    candidate: Option<&'a Arc<Link>>,
+}
+
+impl<'a> PendingGet<'a> {
+    /// The link named by the id, if there is one.
+    pub fn finish(self) -> Option<&'a Arc<Link>> {
+        match self.candidate {
+            Some(link) if link.id.as_bytes() == self.id => Some(link),
+            // Another id with the same 64-bit hash, or none at all: the full search decides.
+            Some(_) => self.table.find(self.hash, self.id),
+            None => None,
+        }
     }
 }
 
@@ -121,11 +146,12 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-/// The frozen table. Lookups only ever happen after the link id's signature verified, so
-/// visitors cannot choose keys and a fast non-keyed hasher is safe here.
+/// The frozen table. Its keys come only from the links file, never from visitors, so a fast
+/// unkeyed hasher is safe here: an id a visitor makes up only probes, and probe lengths are
+/// set by the file's ids.
 #[derive(Debug, Default)]
 pub struct LinkTable {
-    links: FxHashSet<ById>,
+    links: hashbrown::HashTable<Entry>,
     /// Upper-cased discount code → the first link (in file order) that carries it, for
     /// attributing orders that came without a click ID.
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
@@ -133,11 +159,30 @@ pub struct LinkTable {
 
 impl LinkTable {
     pub fn get(&self, id: &[u8]) -> Option<&Arc<Link>> {
-        // Ids are validated ASCII at load; a non-UTF-8 id cannot match any of them.
-        std::str::from_utf8(id)
-            .ok()
-            .and_then(|id| self.links.get(id))
-            .map(|e| &e.0)
+        self.find(hash_id(id), id)
+    }
+
+    fn find(&self, hash: u64, id: &[u8]) -> Option<&Arc<Link>> {
+        self.links
+            .find(hash, |e| e.hash == hash && e.link.id.as_bytes() == id)
+            .map(|e| &e.link)
+    }
+
+    /// Starts a lookup: picks the entry whose hash matches (no id compared, so the link's own
+    /// memory is not waited for) and prefetches that link, to overlap the cache miss with work
+    /// done before [`PendingGet::finish`] (the signature check).
+    pub fn start_get<'a>(&'a self, id: &'a [u8]) -> PendingGet<'a> {
+        let hash = hash_id(id);
+        let candidate = self.links.find(hash, |e| e.hash == hash).map(|e| &e.link);
+        if let Some(link) = candidate {
+            prefetch(Arc::as_ptr(link), std::mem::size_of::<Link>() + 16);
+        }
+        PendingGet {
+            table: self,
+            id,
+            hash,
+            candidate,
+        }
     }
     pub fn len(&self) -> usize {
         self.links.len()
@@ -146,11 +191,11 @@ impl LinkTable {
         self.links.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
-        self.links.iter().map(|e| &e.0)
+        self.links.iter().map(|e| &e.link)
     }
     /// Ids in file order are not kept; this gives them sorted, for stable exports.
     pub fn sorted_ids(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self.links.iter().map(|e| &*e.0.id).collect();
+        let mut ids: Vec<&str> = self.links.iter().map(|e| &*e.link.id).collect();
         ids.sort_unstable();
         ids
     }
@@ -161,7 +206,7 @@ impl LinkTable {
 
     /// Connects stock rules to the shared stock state.
     pub fn bind_stock(&self, inventory: &crate::commerce::inventory::Inventory) {
-        for ById(link) in &self.links {
+        for Entry { link, .. } in &self.links {
             if let Some(rule) = &link.stock {
                 rule.bind(inventory);
             }
@@ -171,8 +216,8 @@ impl LinkTable {
     /// Carries `max_clicks` counters over from the table this one replaces.
     pub fn inherit_counters(&self, old: &LinkTable) {
         use std::sync::atomic::Ordering::Relaxed;
-        for ById(link) in &self.links {
-            if let Some(ById(prev)) = old.links.get(&*link.id) {
+        for Entry { hash, link } in &self.links {
+            if let Some(prev) = old.find(*hash, link.id.as_bytes()) {
                 link.clicks.store(prev.clicks.load(Relaxed), Relaxed);
             }
         }
@@ -536,14 +581,12 @@ struct Merge<'a> {
     /// Duplicate ids to report, with their lines. Where each first appears is looked up once,
     /// at the end, for all of them.
     duplicates: Vec<(usize, compact_str::CompactString)>,
-    links: FxHashSet<ById>,
+    links: hashbrown::HashTable<Entry>,
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
     /// Lines in the pieces merged so far.
     before: usize,
 }
 
-// `ById` hashes only the immutable id; the atomic click counter inside does not affect it.
-#[allow(clippy::mutable_key_type)]
 impl<'a> Merge<'a> {
     fn new(text: Text<'a>, name: &'a str, bytes: usize) -> Merge<'a> {
         Merge {
@@ -552,7 +595,7 @@ impl<'a> Merge<'a> {
             bytes,
             errors: Vec::new(),
             duplicates: Vec::new(),
-            links: FxHashSet::default(),
+            links: hashbrown::HashTable::new(),
             by_discount: FxHashMap::default(),
             before: 0,
         }
@@ -562,7 +605,7 @@ impl<'a> Merge<'a> {
         if self.links.is_empty() {
             // Lines are about the same size: the first piece tells how big the table will be.
             let expected = piece.links.len() as u128 * self.bytes as u128 / piece.bytes.max(1) as u128;
-            self.links.reserve(usize::try_from(expected).unwrap_or(0));
+            self.links.reserve(usize::try_from(expected).unwrap_or(0), |e| e.hash);
         }
         let before = self.before;
         self.errors.extend(piece.errors.into_iter().map(|e| LinkError {
@@ -573,8 +616,14 @@ impl<'a> Merge<'a> {
             if let Some(code) = &link.discount {
                 first_for_code(&mut self.by_discount, code, &link);
             }
+            let hash = hash_id(link.id.as_bytes());
             let id = link.id.clone();
-            if !self.links.insert(ById(link)) {
+            let entry = self
+                .links
+                .entry(hash, |e| e.hash == hash && e.link.id == id, |e| e.hash);
+            if let hashbrown::hash_table::Entry::Vacant(slot) = entry {
+                slot.insert(Entry { hash, link });
+            } else {
                 let line = line + before;
                 // A file appended to itself has millions of duplicates: keep those that will be shown.
                 let earlier = self.errors.iter().filter(|e| e.line < line).count()
@@ -899,6 +948,36 @@ mod tests {
             assert!(err.0[0].reason.contains("the file changed while being read"), "{err}");
         }
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_lookup_started_early_finds_what_get_finds_even_when_hashes_collide() {
+        let text: String = ["a", "b", "c"].iter().map(|id| line(id) + "\n").collect();
+        let parsed = parse(&text, "f").unwrap();
+        // First in the table, an entry under b's hash that holds a: a lookup of b meets it
+        // before b's own, and only the link whose id matches may come back.
+        let mut table = LinkTable::default();
+        let hash = hash_id(b"b");
+        let a = parsed.get(b"a").unwrap().clone();
+        table.links.insert_unique(hash, Entry { hash, link: a }, |e| e.hash);
+        for link in parsed.iter() {
+            let hash = hash_id(link.id.as_bytes());
+            table.links.insert_unique(
+                hash,
+                Entry {
+                    hash,
+                    link: link.clone(),
+                },
+                |e| e.hash,
+            );
+        }
+        let first = table.links.find(hash, |e| e.hash == hash).unwrap();
+        assert_eq!(&*first.link.id, "a", "the colliding entry is the one met first");
+        for id in ["a", "b", "c", "d", ""] {
+            let early = table.start_get(id.as_bytes()).finish().map(|l| l.id.to_string());
+            assert_eq!(early.as_deref(), table.get(id.as_bytes()).map(|l| &*l.id), "{id}");
+            assert_eq!(early.as_deref(), ["a", "b", "c"].contains(&id).then_some(id));
+        }
     }
 
     #[test]

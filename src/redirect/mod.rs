@@ -67,14 +67,17 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         m.signature.malformed.increment(1);
         return not_found(app);
     };
+    // The link's memory is fetched while the signature is checked.
+    let pending = snap.links.start_get(id);
     if !snap.keys.verify(id, sig) {
         m.signature.bad_mac.increment(1);
         return not_found(app);
     }
-    let Some(link) = snap.links.get(id) else {
+    let Some(link) = pending.finish() else {
         m.signature.unknown_link.increment(1);
         return not_found(app);
     };
+    link.target.prefetch();
 
     // Who: the client behind the CDN, bot or human, device, country.
     let view = &*snap.view;
