@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Where a request's server CPU goes: user and system time per request, per thread, for
+# cartlink (full path: signature, cookie, client IP from X-Forwarded-For, geo, bots, unique
+# filter, file sink) and for the bare-hyper floor of ../shared/bench, on the same links and
+# paths. Each server is pinned to core 0 with one worker, wrk -c64 on core 1; the runs
+# alternate, ROUNDS times each. Read from /proc/PID/task/*/stat before and after each run.
+#
+#   loadtest/cpu_split/run.sh                  # N=100000 links, 3 rounds of 8 s
+#   CARTLINK_BIN=/tmp/other/cartlink ROUNDS=5 loadtest/cpu_split/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+BENCH=${BENCH:-$ROOT/../shared/bench}
+N=${N:-100000}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
+BIN=${CARTLINK_BIN:-target/release/cartlink}
+[ -n "${CARTLINK_BIN:-}" ] || cargo build --release --quiet
+cargo build --release --quiet --manifest-path "$BENCH/floor/Cargo.toml" --target-dir /tmp/floor-target
+WORK=$(mktemp -d /tmp/cartlink-split.XXXXXX)
+trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+PID=
+python3 loadtest/links_scale/gen_links.py "$N" > "$WORK/links.jsonl"
+export CARTLINK_LINKS="$WORK/links.jsonl" CARTLINK_PUBLIC_BASE_URL=http://127.0.0.1
+export CARTLINK_SIGNING_KEYS="bench:$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+"$BIN" mint --all | cut -f2 | sed 's#^http://127.0.0.1##' > "$WORK/paths.txt"
+awk '{printf "%s\thttps://brand.example/cart/9007199254740993:1,40000000002:2?discount=CODE1&ref=creator1&utm_source=instagram&attributes%%5Bcl_click%%5D=0192f3a1-7c2e-7b3d-9f00-5a1b2c3d4e5f\n", $1}' "$WORK/paths.txt" > "$WORK/links.tsv"
+cat > "$WORK/paths.lua" <<LUA
+local paths = {}
+for line in io.lines("$WORK/paths.txt") do paths[#paths+1] = line end
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)], {["User-Agent"]="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0", ["X-Forwarded-For"]="203.0.113.77"})
+end
+LUA
+export CARTLINK_WORKERS=1 CARTLINK_LISTEN=127.0.0.1:18600 CARTLINK_ADMIN_LISTEN=127.0.0.1:0
+export CARTLINK_SINK=file://$WORK/clicks CARTLINK_DATA_DIR=$WORK/data CARTLINK_WATCH_LINKS_MS=0
+export CARTLINK_GEOIP=$ROOT/tests/fixtures/geo-geolite2.mmdb CARTLINK_TRUSTED_PROXIES=127.0.0.1/32 RUST_LOG=warn
+
+# name utime stime (clock ticks) of every thread
+threads() { for t in /proc/$1/task/*; do echo "$(cat "$t/comm" | tr ' ' _) $(cut -d' ' -f14,15 < "$t/stat")"; done; }
+measure() { # NAME PORT: warm up, then one measured run; prints per-thread user/sys µs per request
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$2/healthz" && break; sleep 0.1; done
+  taskset -c 1 wrk -t1 -c64 -d2s -s "$WORK/paths.lua" "http://127.0.0.1:$2" > /dev/null
+  threads $PID > "$WORK/a"
+  taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" --latency -s "$WORK/paths.lua" "http://127.0.0.1:$2" > "$WORK/wrk"
+  threads $PID > "$WORK/b"
+  local reqs tck
+  reqs=$(awk '/requests in/{print $1}' "$WORK/wrk")
+  tck=$(getconf CLK_TCK)
+  paste "$WORK/a" "$WORK/b" | awk -v r="$reqs" -v t="$tck" -v n="$1" -v p99="$(awk '/ 99%/{print $2}' "$WORK/wrk")" '
+    { u = ($5 - $2) * 1e6 / t / r; s = ($6 - $3) * 1e6 / t / r; U += u; S += s
+      if (u + s >= 0.01) part = part sprintf(" %s %.2f+%.2f", $1, u, s) }
+    END { printf "%-8s user %.2f  sys %.2f  total %.2f µs/request  (p99 %s;%s)\n", n, U, S, U + S, p99, part }'
+  kill $PID; wait $PID 2>/dev/null || true; PID=
+}
+for _ in $(seq "$ROUNDS"); do
+  rm -rf "$WORK/clicks" "$WORK/data"
+  taskset -c 0 "$BIN" serve > "$WORK/out" 2> "$WORK/err" & PID=$!
+  measure cartlink 18600
+  taskset -c 0 /tmp/floor-target/release/redirect-floor 18601 "$WORK/links.tsv" > /dev/null 2>&1 & PID=$!
+  measure floor 18601
+done
