@@ -175,7 +175,11 @@ impl LinkTable {
         let hash = hash_id(id);
         let candidate = self.links.find(hash, |e| e.hash == hash).map(|e| &e.link);
         if let Some(link) = candidate {
-            prefetch(Arc::as_ptr(link), std::mem::size_of::<Link>() + 16);
+            // From the link back over the Arc's two counters, which come first.
+            prefetch(
+                Arc::as_ptr(link).cast::<u8>().wrapping_sub(16),
+                std::mem::size_of::<Link>() + 16,
+            );
         }
         PendingGet {
             table: self,
