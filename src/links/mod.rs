@@ -942,6 +942,31 @@ mod tests {
     }
 
     #[test]
+    fn load_reads_a_large_file_in_chunks_with_line_numbers_across_them() {
+        // Past 2 × MIN_PIECE_BYTES, so `load` takes the chunked reader (8 MiB chunks).
+        let mut text = String::new();
+        let mut i = 0;
+        while text.len() <= 2 * MIN_PIECE_BYTES + CHUNK_BYTES / 2 {
+            text.push_str(&line(&format!("l{i}")));
+            text.push('\n');
+            i += 1;
+        }
+        let path = std::env::temp_dir().join(format!("cartlink-large-{}.jsonl", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let table = load(&path).unwrap();
+        assert_eq!(table.len(), i);
+        assert_eq!(
+            &*table.get(format!("l{}", i - 1).as_bytes()).unwrap().id,
+            format!("l{}", i - 1)
+        );
+        // A duplicate of the first line, last: its line and the first one's, past every chunk edge.
+        std::fs::write(&path, format!("{text}{}\n", line("l0"))).unwrap();
+        let errors = outcome(load(&path)).unwrap_err();
+        assert_eq!(errors, vec![format!("{}: duplicate id `l0` (first on line 1)", i + 1)]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn a_file_that_changes_while_read_in_chunks_is_refused() {
         let text: String = (0..50).map(|i| line(&format!("l{i}")) + "\n").collect();
         let path = std::env::temp_dir().join(format!("cartlink-changed-{}.jsonl", std::process::id()));
