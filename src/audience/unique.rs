@@ -50,12 +50,21 @@ impl Bloom {
         }
     }
 
-    /// The item's block and, per word of it, the bits to set.
-    fn locate<T: Hash>(&self, item: &T) -> (&Block, [u64; 8]) {
-        let h = self.key.hash_one(item);
-        // High bits pick the block; a multiplied copy gives the positions inside it
-        // (double hashing with an odd step, so the k positions are distinct).
-        let block = &self.blocks[((u128::from(h) * self.blocks.len() as u128) >> 64) as usize];
+    /// The item's hash under this generation's key.
+    fn hash<T: Hash>(&self, item: &T) -> u64 {
+        self.key.hash_one(item)
+    }
+
+    /// The block a hash falls in: its high bits pick it.
+    fn block(&self, h: u64) -> &Block {
+        &self.blocks[((u128::from(h) * self.blocks.len() as u128) >> 64) as usize]
+    }
+
+    /// The block a hash falls in and, per word of it, the bits to set.
+    fn locate(&self, h: u64) -> (&Block, [u64; 8]) {
+        // A multiplied copy of the hash gives the positions inside the block (double hashing
+        // with an odd step, so the k positions are distinct).
+        let block = self.block(h);
         let x = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let (a, b) = (x as u32, (x >> 32) as u32 | 1);
         let mut masks = [0u64; 8];
@@ -66,8 +75,16 @@ impl Bloom {
         (block, masks)
     }
 
+    fn prefetch(&self, h: u64) {
+        crate::links::prefetch(self.block(h), 64);
+    }
+
     pub fn contains<T: Hash>(&self, item: &T) -> bool {
-        let (block, masks) = self.locate(item);
+        self.contains_hash(self.hash(item))
+    }
+
+    fn contains_hash(&self, h: u64) -> bool {
+        let (block, masks) = self.locate(h);
         block
             .0
             .iter()
@@ -77,7 +94,11 @@ impl Bloom {
 
     /// Sets the item's bits; true if at least one was unset (the item was not there).
     pub fn insert<T: Hash>(&self, item: &T) -> bool {
-        let (block, masks) = self.locate(item);
+        self.insert_hash(self.hash(item))
+    }
+
+    fn insert_hash(&self, h: u64) -> bool {
+        let (block, masks) = self.locate(h);
         let mut new = false;
         for (w, m) in block.0.iter().zip(masks) {
             // Read first: a visitor seen before costs no atomic read-modify-write.
@@ -101,6 +122,25 @@ impl Bloom {
 
     pub fn hashes(&self) -> u32 {
         self.hashes
+    }
+}
+
+/// A visitor's key, hashed for the generations it was found in.
+pub struct Visit {
+    gens: arc_swap::Guard<Arc<Generations>>,
+    current: u64,
+    previous: Option<u64>,
+}
+
+impl Visit {
+    /// See [`UniqueFilter::check_and_insert`].
+    pub fn check_and_insert(self) -> bool {
+        let seen_before = match (&self.gens.previous, self.previous) {
+            (Some(p), Some(h)) => p.contains_hash(h),
+            _ => false,
+        };
+        let new_today = self.gens.current.insert_hash(self.current);
+        new_today && !seen_before
     }
 }
 
@@ -133,13 +173,28 @@ impl UniqueFilter {
 
     /// True the first time this visitor is seen on this link within the window. The
     /// User-Agent comes as its 64-bit hash (`agent::hash`, already taken for the agent cache);
-    /// the whole key then goes through the generation's keyed SipHash.
+    /// the whole key then goes through each generation's keyed SipHash.
     pub fn check_and_insert(&self, ip: IpAddr, user_agent: u64, link_id: &str) -> bool {
-        let g = self.gens.load();
+        self.find(ip, user_agent, link_id).check_and_insert()
+    }
+
+    /// Hashes the visitor's key and starts loading its blocks into the cache, for
+    /// [`Visit::check_and_insert`] a little later.
+    pub fn find(&self, ip: IpAddr, user_agent: u64, link_id: &str) -> Visit {
+        let gens = self.gens.load();
         let key = (ip, user_agent, link_id);
-        let seen_before = g.previous.as_ref().is_some_and(|p| p.contains(&key));
-        let new_today = g.current.insert(&key);
-        new_today && !seen_before
+        let current = gens.current.hash(&key);
+        gens.current.prefetch(current);
+        let previous = gens.previous.as_ref().map(|p| {
+            let h = p.hash(&key);
+            p.prefetch(h);
+            h
+        });
+        Visit {
+            gens,
+            current,
+            previous,
+        }
     }
 
     /// Starts a new generation when `day` (days since the epoch) moves on; yesterday's

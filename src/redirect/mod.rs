@@ -87,6 +87,8 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let ua_hash = audience::agent::hash(ua);
     let agent = audience::agent::of(ua, ua_hash);
     let bot = is_head || agent.bot || audience::is_prefetch(headers);
+    // Humans' place in the unique filter is fetched while the rest of the answer is built.
+    let visit = (!bot).then(|| app.unique.find(client, ua_hash, &link.id));
     let device = agent.device;
     let country = country(view, peer, client, headers);
     let (mut dest, mut served) = choose(
@@ -185,7 +187,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         _ => m.outcomes.redirect.increment(1),
     }
     if !is_head {
-        let unique = !bot && app.unique.check_and_insert(client, ua_hash, &link.id);
+        let unique = visit.is_some_and(|v| v.check_and_insert());
         if bot {
             m.bot_clicks.increment(1);
         } else {
