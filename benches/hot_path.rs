@@ -32,7 +32,7 @@ fn make_app(n: usize) -> (Arc<App>, clicks::Pipeline) {
         "CARTLINK_TRUSTED_PROXIES" => Some("127.0.0.1/32".to_string()),
         _ => None,
     };
-    let dir = std::env::temp_dir().join(format!("cartlink-bench-{}", std::process::id()));
+    let dir = bench_dir();
     let settings = Config::load(Path::new("none.toml"), false, &env)
         .unwrap()
         .validate(&env)
@@ -61,6 +61,12 @@ fn make_app(n: usize) -> (Arc<App>, clicks::Pipeline) {
     .unwrap();
     let app = App::new(&settings, table, recorder, metrics, Path::new("none.toml"), false).unwrap();
     (Arc::new(app), pipeline)
+}
+
+/// Where the bench's pipeline writes its click records and spill (gigabytes in a full run):
+/// removed when the bench ends.
+fn bench_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cartlink-bench-{}", std::process::id()))
 }
 
 fn bench(c: &mut Criterion) {
@@ -165,6 +171,7 @@ fn bench(c: &mut Criterion) {
     });
     drop(cold);
     cold_pipeline.shutdown(std::time::Instant::now() + std::time::Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(bench_dir());
 }
 
 criterion_group!(benches, bench);
