@@ -841,6 +841,30 @@ mod tests {
         }
     }
 
+    /// 40 lines: two blank, one bad JSON (line 14), one indented CRLF duplicate of `l3` (line
+    /// 22), and with `long`, one line longer than the small chunks the chunked reader is given.
+    fn mixed_lines(long: bool) -> String {
+        let mut text = String::new();
+        for i in 0..40 {
+            match i {
+                7 | 8 => text.push('\n'),
+                13 => text.push_str("{\"id\":\"broken\"\n"),
+                21 => text.push_str(&format!("  {}\r\n", line("l3"))),
+                30 if long => text.push_str(&format!("{}{}\n", line("long"), " ".repeat(700))),
+                _ => text.push_str(&format!("{}\n", line(&format!("l{i}")))),
+            }
+        }
+        text
+    }
+
+    /// `mixed_lines` without its bad JSON and its duplicate.
+    fn good_lines(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.contains("broken") && !l.starts_with("  "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     #[test]
     fn pieces_cover_the_input_and_end_after_line_ends() {
         let data = b"aaaa\nbb\n\ncccccc\nd";
@@ -857,15 +881,7 @@ mod tests {
 
     #[test]
     fn many_pieces_number_lines_and_find_duplicates_as_one_piece_does() {
-        let mut text = String::new();
-        for i in 0..40 {
-            match i {
-                7 | 8 => text.push('\n'),
-                13 => text.push_str("{\"id\":\"broken\"\n"),
-                21 => text.push_str(&format!("  {}\r\n", line("l3"))),
-                _ => text.push_str(&format!("{}\n", line(&format!("l{i}")))),
-            }
-        }
+        let text = mixed_lines(false);
         let whole = outcome(parse_in_pieces(text.as_bytes(), "f", vec![text.as_bytes()], 1));
         let want = Err(vec![
             "14: EOF while parsing an object at line 1 column 14".to_string(),
@@ -880,11 +896,7 @@ mod tests {
             }
         }
         // Without the bad lines, every link is in the table, whichever way it was split.
-        let good: String = text
-            .lines()
-            .filter(|l| !l.contains("broken") && !l.starts_with("  "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let good = good_lines(&text);
         let split = pieces(good.as_bytes(), 64, 1);
         let ids = outcome(parse_in_pieces(good.as_bytes(), "f", split, 3)).unwrap();
         assert_eq!(ids.len(), 36);
@@ -908,22 +920,8 @@ mod tests {
 
     #[test]
     fn a_file_read_in_chunks_reads_as_one_piece_of_memory_does() {
-        let mut text = String::new();
-        for i in 0..40 {
-            match i {
-                7 | 8 => text.push('\n'),
-                13 => text.push_str("{\"id\":\"broken\"\n"),
-                21 => text.push_str(&format!("  {}\r\n", line("l3"))),
-                // Longer than most chunks below: the buffer grows to hold it.
-                30 => text.push_str(&format!("{}{}\n", line("long"), " ".repeat(700))),
-                _ => text.push_str(&format!("{}\n", line(&format!("l{i}")))),
-            }
-        }
-        let good: String = text
-            .lines()
-            .filter(|l| !l.contains("broken") && !l.starts_with("  "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let text = mixed_lines(true);
+        let good = good_lines(&text);
         let unended = good.trim_end().to_string();
         for text in [&text, &good, &unended] {
             let want = outcome(parse_in_pieces(text.as_bytes(), "f", vec![text.as_bytes()], 1));
