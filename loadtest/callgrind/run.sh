@@ -19,20 +19,10 @@ BIN=${CARTLINK_BIN:-target/release/cartlink}
 [ -n "${CARTLINK_BIN:-}" ] || cargo build --release --quiet
 WORK=$(mktemp -d /tmp/cartlink-cg.XXXXXX)
 trap 'kill $VPID 2>/dev/null || true; rm -rf "$WORK"' EXIT
-python3 loadtest/links_scale/gen_links.py "$N" > "$WORK/links.jsonl"
-export CARTLINK_LINKS="$WORK/links.jsonl" CARTLINK_PUBLIC_BASE_URL=http://127.0.0.1
-export CARTLINK_SIGNING_KEYS="bench:$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
-"$BIN" mint --all | cut -f2 | sed 's#^http://127.0.0.1##' > "$WORK/paths.txt"
-cat > "$WORK/paths.lua" <<LUA
-local paths = {}
-for line in io.lines("$WORK/paths.txt") do paths[#paths+1] = line end
-request = function()
-  return wrk.format("GET", paths[math.random(#paths)], {["User-Agent"]="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0", ["X-Forwarded-For"]="203.0.113.77"})
-end
-LUA
-export CARTLINK_WORKERS=1 CARTLINK_LISTEN=127.0.0.1:18400 CARTLINK_ADMIN_LISTEN=127.0.0.1:0
-export CARTLINK_SINK=file://$WORK/clicks CARTLINK_DATA_DIR=$WORK/data CARTLINK_WATCH_LINKS_MS=0
-export CARTLINK_GEOIP=$ROOT/tests/fixtures/geo-geolite2.mmdb CARTLINK_TRUSTED_PROXIES=127.0.0.1/32 RUST_LOG=warn
+source loadtest/lib.sh
+bench_links
+bench_lua
+bench_env 18400
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" serve > "$WORK/out" 2> "$WORK/err" &
 VPID=$!
 for _ in $(seq 600); do curl -s -o /dev/null http://127.0.0.1:18400/healthz && break; sleep 0.5; done

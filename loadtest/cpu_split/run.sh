@@ -21,21 +21,10 @@ cargo build --release --quiet --manifest-path "$BENCH/floor/Cargo.toml" --target
 WORK=$(mktemp -d /tmp/cartlink-split.XXXXXX)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PID=
-python3 loadtest/links_scale/gen_links.py "$N" > "$WORK/links.jsonl"
-export CARTLINK_LINKS="$WORK/links.jsonl" CARTLINK_PUBLIC_BASE_URL=http://127.0.0.1
-export CARTLINK_SIGNING_KEYS="bench:$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
-"$BIN" mint --all | cut -f2 | sed 's#^http://127.0.0.1##' > "$WORK/paths.txt"
-awk '{printf "%s\thttps://brand.example/cart/9007199254740993:1,40000000002:2?discount=CODE1&ref=creator1&utm_source=instagram&attributes%%5Bcl_click%%5D=0192f3a1-7c2e-7b3d-9f00-5a1b2c3d4e5f\n", $1}' "$WORK/paths.txt" > "$WORK/links.tsv"
-cat > "$WORK/paths.lua" <<LUA
-local paths = {}
-for line in io.lines("$WORK/paths.txt") do paths[#paths+1] = line end
-request = function()
-  return wrk.format("GET", paths[math.random(#paths)], {["User-Agent"]="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0", ["X-Forwarded-For"]="203.0.113.77"})
-end
-LUA
-export CARTLINK_WORKERS=1 CARTLINK_LISTEN=127.0.0.1:18600 CARTLINK_ADMIN_LISTEN=127.0.0.1:0
-export CARTLINK_SINK=file://$WORK/clicks CARTLINK_DATA_DIR=$WORK/data CARTLINK_WATCH_LINKS_MS=0
-export CARTLINK_GEOIP=$ROOT/tests/fixtures/geo-geolite2.mmdb CARTLINK_TRUSTED_PROXIES=127.0.0.1/32 RUST_LOG=warn
+source loadtest/lib.sh
+bench_links
+bench_lua
+bench_env 18600
 
 # name utime stime (clock ticks) of every thread
 threads() { for t in /proc/$1/task/*; do echo "$(cat "$t/comm" | tr ' ' _) $(cut -d' ' -f14,15 < "$t/stat")"; done; }
