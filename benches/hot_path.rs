@@ -51,14 +51,8 @@ fn make_app(n: usize) -> (Arc<App>, clicks::Pipeline) {
     let sink = SinkSettings::File {
         dir: dir.join("clicks"),
     };
-    let (recorder, pipeline) = clicks::start(
-        &sink,
-        &settings.pipeline,
-        &dir.join("data"),
-        metrics.clone(),
-        "bench".into(),
-    )
-    .unwrap();
+    let (recorder, pipeline) =
+        clicks::start(&sink, &settings.pipeline, &dir.join("data"), metrics.clone(), "bench").unwrap();
     let app = App::new(&settings, table, recorder, metrics, Path::new("none.toml"), false).unwrap();
     (Arc::new(app), pipeline)
 }

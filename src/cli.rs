@@ -72,7 +72,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
     tracing::info!(links = table.len(), ms = started.elapsed().as_millis() as u64, file = %s.links.display(), "links loaded");
 
     let metrics = Metrics::new();
-    let (recorder, pipeline) = clicks::start(&s.sink, &s.pipeline, &s.data_dir, metrics.clone(), s.edge.clone())?;
+    let (recorder, pipeline) = clicks::start(&s.sink, &s.pipeline, &s.data_dir, metrics.clone(), &s.edge)?;
     let app = Arc::new(App::new(&s, table, recorder, metrics, config, explicit).map_err(anyhow::Error::msg)?);
 
     let workers = if s.workers == 0 {

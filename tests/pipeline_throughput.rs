@@ -35,24 +35,24 @@ fn run(name: &str, sink: SinkSettings) {
         queue_capacity: N as usize,
         ..Default::default()
     };
-    let (recorder, pipeline) = clicks::start(&sink, &cfg, &dir.join("data"), metrics.clone(), "bench".into()).unwrap();
+    let (recorder, pipeline) = clicks::start(&sink, &cfg, &dir.join("data"), metrics.clone(), "bench").unwrap();
     let link = link();
     let started = Instant::now();
     for i in 0..N {
-        recorder.record(Click {
+        recorder.record(&Click {
             click_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | u128::from(i)),
             ts_ms: 1_780_000_000_000 + i,
-            link: link.clone(),
+            link: &link,
             sub: None,
             country: Some(*b"US"),
             device: Device::Ios,
             bot: false,
             unique: true,
             app: Some("instagram"),
-            referer_host: Some("l.instagram.com".into()),
+            referer_host: Some("l.instagram.com"),
             ip: "203.0.113.0".parse().unwrap(),
             served: Served::Target,
-            oos: Box::default(),
+            oos: &[],
             target_type: cartlink::links::TargetType::Url,
             status: 302,
             attributed_to: None,

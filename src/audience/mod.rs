@@ -10,6 +10,7 @@ pub mod unique;
 
 pub use agent::Agent;
 use http::HeaderMap;
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// The request's User-Agent; an absent one reads as empty (which is a bot).
@@ -60,7 +61,7 @@ pub fn anonymize(ip: IpAddr) -> IpAddr {
 }
 
 /// The host of a Referer header, lower-cased; `None` when absent or not a URL with a host.
-pub fn referer_host(headers: &HeaderMap) -> Option<Box<str>> {
+pub fn referer_host(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let r = headers.get(http::header::REFERER)?.to_str().ok()?;
     let rest = r.split_once("://")?.1;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -74,7 +75,14 @@ pub fn referer_host(headers: &HeaderMap) -> Option<Box<str>> {
     let ok = !host.is_empty()
         && host.len() <= 253
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    ok.then(|| host.to_ascii_lowercase().into_boxed_str())
+    if !ok {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 #[cfg(test)]
@@ -124,5 +132,11 @@ mod tests {
             HeaderValue::from_static("https://L.Instagram.com:443/path?x=1"),
         );
         assert_eq!(referer_host(&h).as_deref(), Some("l.instagram.com"));
+        // Already lower case: borrowed from the header, not copied.
+        h.insert(
+            http::header::REFERER,
+            HeaderValue::from_static("https://l.instagram.com/"),
+        );
+        assert!(matches!(referer_host(&h), Some(Cow::Borrowed("l.instagram.com"))));
     }
 }

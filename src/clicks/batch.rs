@@ -2,8 +2,6 @@
 //! offset of each record so sinks that publish per record (NATS) and the spill (which frames
 //! each record) can split it without parsing.
 
-use super::{Click, Record};
-
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     data: Vec<u8>,
@@ -21,18 +19,6 @@ impl Batch {
         Batch {
             data: Vec::with_capacity(like.data.len()),
             ends: Vec::with_capacity(like.ends.len()),
-        }
-    }
-
-    pub fn push_click(&mut self, click: &Click, edge: &str) {
-        click.encode(edge, &mut self.data);
-        self.ends.push(self.data.len());
-    }
-
-    pub fn push(&mut self, record: &Record, edge: &str) {
-        match record {
-            Record::Click(c) => self.push_click(c, edge),
-            Record::Encoded(line) => self.push_raw(line),
         }
     }
 

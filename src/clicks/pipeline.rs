@@ -72,7 +72,7 @@ pub fn start(
     cfg: &PipelineConfig,
     data_dir: &Path,
     metrics: Metrics,
-    edge: String,
+    edge: &str,
 ) -> Result<(Recorder, Pipeline), StartError> {
     let sink = Sink::new(sink, cfg).map_err(StartError::Sink)?;
     let spill_dir = data_dir.join("spill");
@@ -122,11 +122,11 @@ pub fn start(
                 wake: Notify::new(),
                 spill_failing: Cell::new(false),
             };
-            rt.block_on(run(&shared, sink, rx, stop_rx, &cfg, &edge));
+            rt.block_on(run(&shared, sink, rx, stop_rx, &cfg));
         })
         .map_err(|e| StartError::Sink(e.to_string()))?;
     Ok((
-        Recorder::new(tx, metrics),
+        Recorder::new(tx, metrics, edge),
         Pipeline {
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -213,10 +213,9 @@ async fn run(
     rx: mpsc::Receiver<Record>,
     stop: oneshot::Receiver<Instant>,
     cfg: &PipelineConfig,
-    edge: &str,
 ) {
     let (btx, brx) = mpsc::channel(cfg.inflight_batches);
-    tokio::join!(batcher(sh, rx, btx, stop, cfg, edge), sender(sh, &mut sink, brx, cfg));
+    tokio::join!(batcher(sh, rx, btx, stop, cfg), sender(sh, &mut sink, brx, cfg));
     sink.close();
     let mut spill = sh.spill.borrow_mut();
     spill.close();
@@ -237,7 +236,6 @@ async fn batcher(
     out: mpsc::Sender<Batch>,
     mut stop: oneshot::Receiver<Instant>,
     cfg: &PipelineConfig,
-    edge: &str,
 ) {
     let max_age = Duration::from_millis(cfg.batch_max_age_ms);
     let watermark = cfg.queue_capacity.saturating_mul(cfg.spill_watermark_pct as usize) / 100;
@@ -295,7 +293,7 @@ async fn batcher(
                 for _ in 0..cfg.batch_max_records.max(1) * 4 {
                     match rx.try_recv() {
                         Ok(record) => {
-                            batch.push(&record, edge);
+                            batch.push_raw(&record);
                             oldest.get_or_insert_with(tokio::time::Instant::now);
                             if batch.len() >= cfg.batch_max_records || batch.bytes() >= cfg.batch_max_bytes {
                                 flush(&mut batch, rx.len());

@@ -3,7 +3,6 @@
 use crate::links::{Link, TargetType};
 use serde::Serialize;
 use std::net::IpAddr;
-use std::sync::Arc;
 use time::macros::format_description;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,13 +25,14 @@ pub enum Served {
     Fallback,
 }
 
-/// One click, as the redirect path saw it. Strings of the link are shared, not copied.
+/// One click, as the redirect path saw it, borrowed from the request and the link: it is
+/// encoded where it is made, while those are still in the CPU's cache (see [`super::Recorder`]).
 #[derive(Debug)]
-pub struct Click {
+pub struct Click<'a> {
     pub click_id: uuid::Uuid,
     pub ts_ms: u64,
-    pub link: Arc<Link>,
-    pub sub: Option<Box<str>>,
+    pub link: &'a Link,
+    pub sub: Option<&'a str>,
     pub country: Option<[u8; 2]>,
     pub device: Device,
     pub bot: bool,
@@ -40,12 +40,12 @@ pub struct Click {
     pub unique: bool,
     /// The social app's in-app browser, when recognised.
     pub app: Option<&'static str>,
-    pub referer_host: Option<Box<str>>,
+    pub referer_host: Option<&'a str>,
     /// Already anonymised: IPv4 /24, IPv6 /48.
     pub ip: IpAddr,
     pub served: Served,
     /// Cart items dropped or swapped for stock.
-    pub oos: Box<[u64]>,
+    pub oos: &'a [u64],
     pub target_type: TargetType,
     pub status: u16,
     /// Under `first_click`, the earlier click this visit stays attributed to.
@@ -100,11 +100,11 @@ impl Device {
     }
 }
 
-impl Click {
+impl Click<'_> {
     /// Appends the record and a newline to `out`.
     ///
     /// Written by hand rather than through serde: the keys are literals, the link's strings
-    /// almost never need escaping, and this runs once per click on the server's own cores.
+    /// almost never need escaping, and this runs once per click on the redirect path.
     /// `tests::encoding_matches_serde_json` holds it to serde_json's output.
     pub fn encode(&self, edge: &str, out: &mut Vec<u8>) {
         let mut idbuf = uuid::Uuid::encode_buffer();
@@ -119,7 +119,7 @@ impl Click {
         out.extend_from_slice(b",\"campaign\":");
         json_str(out, &self.link.campaign);
         out.extend_from_slice(b",\"sub\":");
-        json_opt(out, self.sub.as_deref());
+        json_opt(out, self.sub);
         out.extend_from_slice(b",\"country\":");
         json_opt(out, self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()));
         out.extend_from_slice(b",\"device\":\"");
@@ -131,7 +131,7 @@ impl Click {
         out.extend_from_slice(b",\"app\":");
         json_opt(out, self.app);
         out.extend_from_slice(b",\"referer_host\":");
-        json_opt(out, self.referer_host.as_deref());
+        json_opt(out, self.referer_host);
         out.extend_from_slice(b",\"ip\":\"");
         push_ip(out, self.ip);
         out.extend_from_slice(b"\",\"target_type\":\"");
@@ -240,16 +240,16 @@ mod tests {
         json!({
             "v": 1, "type": "click", "click_id": c.click_id.to_string(), "ts": rfc3339_ms(c.ts_ms),
             "link_id": &*c.link.id, "creator": &*c.link.creator, "campaign": &*c.link.campaign,
-            "sub": c.sub.as_deref(), "country": c.country.map(|cc| String::from_utf8_lossy(&cc).into_owned()),
+            "sub": c.sub, "country": c.country.map(|cc| String::from_utf8_lossy(&cc).into_owned()),
             "device": c.device, "bot": c.bot, "unique": c.unique, "app": c.app,
-            "referer_host": c.referer_host.as_deref(), "ip": c.ip.to_string(),
+            "referer_host": c.referer_host, "ip": c.ip.to_string(),
             "target_type": c.target_type.as_str(), "served": served, "variant": variant,
-            "oos": &*c.oos, "status": c.status,
+            "oos": c.oos, "status": c.status,
             "attributed_to": c.attributed_to.map(|u| u.to_string()), "edge": edge,
         })
     }
 
-    fn link(creator: &str, campaign: &str) -> Arc<Link> {
+    fn link(creator: &str, campaign: &str) -> std::sync::Arc<Link> {
         let line = json!({"id": "ab-1", "creator": creator, "campaign": campaign,
             "target": {"type": "url", "url": "https://a.example/"}});
         let table = crate::links::parse(&line.to_string(), "t").unwrap();
@@ -273,17 +273,18 @@ mod tests {
             flags in any::<(bool, bool, bool, bool)>(),
             id in any::<u128>(),
         ) {
+            let link = link(&creator, &campaign);
             let c = Click {
                 click_id: uuid::Uuid::from_u128(id),
                 ts_ms,
-                link: link(&creator, &campaign),
-                sub: sub.map(String::into_boxed_str),
+                link: &link,
+                sub: sub.as_deref(),
                 country: flags.0.then_some(*b"DE"),
                 device: [Device::Ios, Device::Android, Device::Desktop, Device::Other][(id % 4) as usize],
                 bot: flags.1,
                 unique: flags.2,
                 app: flags.3.then_some("instagram"),
-                referer_host: referer.map(String::into_boxed_str),
+                referer_host: referer.as_deref(),
                 ip: if use_v6 { IpAddr::from(v6.to_be_bytes()) } else { IpAddr::from(ip.to_be_bytes()) },
                 served: match served {
                     0 => Served::Target,
@@ -292,7 +293,7 @@ mod tests {
                     3 => Served::Fallback,
                     n => Served::Variant(n * 40),
                 },
-                oos: oos.into_boxed_slice(),
+                oos: &oos,
                 target_type: TargetType::ShopifyCart,
                 status: 302,
                 attributed_to: flags.1.then(|| uuid::Uuid::from_u128(id ^ 1)),

@@ -3,7 +3,8 @@
 //! extras, answer, and hand the click record to the pipeline without waiting.
 //!
 //! Everything that can be rendered ahead is rendered at load time (see `links::destination`);
-//! per request this allocates the `Location` string, the `Set-Cookie` string, and the record.
+//! per request this allocates the `Location` string, the `Set-Cookie` string, and the encoded
+//! click record.
 //! No locks and no awaits: the whole path is one synchronous function.
 
 pub mod cookie;
@@ -196,20 +197,21 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
                 m.unique_clicks.increment(1);
             }
         }
-        app.recorder.record(Click {
+        let referer = audience::referer_host(headers);
+        app.recorder.record(&Click {
             click_id,
             ts_ms: now_ms,
-            link: link.clone(),
-            sub,
+            link,
+            sub: sub.as_deref(),
             country,
             device,
             bot,
             unique,
             app: agent.app,
-            referer_host: audience::referer_host(headers),
+            referer_host: referer.as_deref(),
             ip: audience::anonymize(client),
             served,
-            oos,
+            oos: &oos,
             target_type: dest.target_type,
             status,
             attributed_to,
