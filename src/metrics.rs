@@ -2,11 +2,15 @@
 //!
 //! Pattern: `cartlink_<what>_<unit>[_total]`, base units, labels from small fixed sets only
 //! (never a link id or creator). Handles are registered once per server against its own
-//! recorder, so the hot path only touches atomics.
+//! recorder, so the hot path only touches atomics; the families the redirect path moves on
+//! every request are kept by hand ([`hot`]), one relaxed add per update.
 //!
 //! Adding a metric: add the name constant, register it in [`Metrics::new`] with a description,
 //! list it in the README's metrics table, and assert it moves in a test.
 
+pub mod hot;
+
+pub use hot::{Count, Latency, Level};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,20 +59,20 @@ const FLUSH_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1
 const BATCH_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
 /// Request outcomes on the public listener: label `outcome` of `cartlink_requests_total`.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Outcomes {
-    pub redirect: Counter,
-    pub fallback: Counter,
-    pub not_found: Counter,
-    pub bad_request: Counter,
-    pub method_not_allowed: Counter,
+    pub redirect: Count,
+    pub fallback: Count,
+    pub not_found: Count,
+    pub bad_request: Count,
+    pub method_not_allowed: Count,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct SignatureFailures {
-    pub malformed: Counter,
-    pub bad_mac: Counter,
-    pub unknown_link: Counter,
+    pub malformed: Count,
+    pub bad_mac: Count,
+    pub unknown_link: Count,
 }
 
 #[derive(Clone)]
@@ -130,16 +134,16 @@ pub struct Shed {
 pub struct Metrics {
     handle: PrometheusHandle,
     pub outcomes: Outcomes,
-    pub duration: Histogram,
+    pub duration: Arc<Latency>,
     /// Public requests admitted and not yet answered; counted by the server's admission gate
     /// and copied into `cartlink_inflight_requests` when scraped.
     pub inflight: Arc<AtomicUsize>,
     inflight_gauge: Gauge,
     pub signature: SignatureFailures,
-    pub clicks_accepted: Counter,
+    pub clicks_accepted: Count,
     pub clicks_delivered: Counter,
     pub clicks_dropped: Drops,
-    pub clicks_buffered: Gauge,
+    pub clicks_buffered: Level,
     pub sink_up: Gauge,
     pub sink_errors: SinkErrors,
     pub sink_retries: Counter,
@@ -158,9 +162,9 @@ pub struct Metrics {
     pub reload_failures: Counter,
     pub links_loaded: Gauge,
     pub draining: Gauge,
-    pub human_clicks: Counter,
-    pub bot_clicks: Counter,
-    pub unique_clicks: Counter,
+    pub human_clicks: Count,
+    pub bot_clicks: Count,
+    pub unique_clicks: Count,
     pub unique_fill_ratio: Gauge,
     pub webhooks: WebhookOutcomes,
     pub shed: Shed,
@@ -171,26 +175,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let recorder: PrometheusRecorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_DURATION.into()), &FLUSH_BUCKETS))
+            .set_buckets_for_metric(Matcher::Full(FLUSH_DURATION.into()), &FLUSH_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), &BATCH_BUCKETS))
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
-            describe_counter!(REQUESTS, "Public requests by outcome.");
-            describe_histogram!(
-                REQUEST_DURATION,
-                Unit::Seconds,
-                "Time from request head parsed to response ready."
-            );
             describe_gauge!(INFLIGHT, "Public requests being handled now.");
-            describe_counter!(SIGNATURE_FAILURES, "Link requests refused with 404, by reason.");
-            describe_counter!(CLICKS_ACCEPTED, "Click records handed to the pipeline.");
             describe_counter!(CLICKS_DELIVERED, "Click records the sink acknowledged.");
             describe_counter!(CLICKS_DROPPED, "Click records lost, by reason.");
-            describe_gauge!(CLICKS_BUFFERED, "Click records accepted but not yet delivered.");
             describe_gauge!(SINK_UP, "1 when the last sink write succeeded.");
             describe_counter!(
                 SINK_ERRORS,
@@ -215,14 +209,6 @@ impl Metrics {
             describe_counter!(RELOAD_FAILURES, "Rejected reloads; the previous table kept serving.");
             describe_gauge!(LINKS_LOADED, "Links in the table being served.");
             describe_gauge!(DRAINING, "1 after SIGTERM, while draining.");
-            describe_counter!(
-                CLICKS,
-                "Link clicks recorded (GET), by kind: human or bot (crawlers, previews, prefetch)."
-            );
-            describe_counter!(
-                UNIQUE_CLICKS,
-                "Human clicks that were the visitor's first on that link in the window."
-            );
             describe_gauge!(
                 UNIQUE_FILL,
                 "Share of bits set in today's unique-visitor filter; alert well before 0.5."
@@ -236,27 +222,15 @@ impl Metrics {
                 PIPELINE_YIELDS,
                 "Times an HTTP/1 connection yielded to the others after 2 pipelined requests answered without its client waiting."
             );
-            let outcome = |o: &'static str| counter!(REQUESTS, "outcome" => o);
-            let sig = |r: &'static str| counter!(SIGNATURE_FAILURES, "reason" => r);
             let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
             Metrics {
                 handle: handle.clone(),
-                outcomes: Outcomes {
-                    redirect: outcome("redirect"),
-                    fallback: outcome("fallback"),
-                    not_found: outcome("not_found"),
-                    bad_request: outcome("bad_request"),
-                    method_not_allowed: outcome("method_not_allowed"),
-                },
-                duration: histogram!(REQUEST_DURATION),
+                outcomes: Outcomes::default(),
+                duration: Arc::new(Latency::new(&LATENCY_BUCKETS)),
                 inflight: Arc::new(AtomicUsize::new(0)),
                 inflight_gauge: gauge!(INFLIGHT),
-                signature: SignatureFailures {
-                    malformed: sig("malformed"),
-                    bad_mac: sig("bad_mac"),
-                    unknown_link: sig("unknown_link"),
-                },
-                clicks_accepted: counter!(CLICKS_ACCEPTED),
+                signature: SignatureFailures::default(),
+                clicks_accepted: Count::default(),
                 clicks_delivered: counter!(CLICKS_DELIVERED),
                 clicks_dropped: Drops {
                     queue_full: drop("queue_full"),
@@ -265,7 +239,7 @@ impl Metrics {
                     spill_full: drop("spill_full"),
                     spill_error: drop("spill_error"),
                 },
-                clicks_buffered: gauge!(CLICKS_BUFFERED),
+                clicks_buffered: Level::default(),
                 sink_up: gauge!(SINK_UP),
                 sink_errors: SinkErrors {
                     by_kind: crate::clicks::retry::ErrorKind::ALL.map(|k| counter!(SINK_ERRORS, "kind" => k.label())),
@@ -289,9 +263,9 @@ impl Metrics {
                 reload_failures: counter!(RELOAD_FAILURES),
                 links_loaded: gauge!(LINKS_LOADED),
                 draining: gauge!(DRAINING),
-                human_clicks: counter!(CLICKS, "kind" => "human"),
-                bot_clicks: counter!(CLICKS, "kind" => "bot"),
-                unique_clicks: counter!(UNIQUE_CLICKS),
+                human_clicks: Count::default(),
+                bot_clicks: Count::default(),
+                unique_clicks: Count::default(),
                 unique_fill_ratio: gauge!(UNIQUE_FILL),
                 webhooks: WebhookOutcomes {
                     applied: counter!(WEBHOOKS, "outcome" => "applied"),
@@ -307,10 +281,69 @@ impl Metrics {
         })
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition: the exporter's families, then the hand-kept ones.
     pub fn render(&self) -> String {
         self.inflight_gauge.set(self.inflight.load(Ordering::Relaxed) as f64);
-        self.handle.render()
+        let mut out = self.handle.render();
+        let o = &self.outcomes;
+        hot::render_counters(
+            &mut out,
+            REQUESTS,
+            "Public requests by outcome.",
+            "outcome",
+            &[
+                ("redirect", &o.redirect),
+                ("fallback", &o.fallback),
+                ("not_found", &o.not_found),
+                ("bad_request", &o.bad_request),
+                ("method_not_allowed", &o.method_not_allowed),
+            ],
+        );
+        self.duration.render(
+            &mut out,
+            REQUEST_DURATION,
+            "Time from request head parsed to response ready.",
+        );
+        let sig = &self.signature;
+        hot::render_counters(
+            &mut out,
+            SIGNATURE_FAILURES,
+            "Link requests refused with 404, by reason.",
+            "reason",
+            &[
+                ("malformed", &sig.malformed),
+                ("bad_mac", &sig.bad_mac),
+                ("unknown_link", &sig.unknown_link),
+            ],
+        );
+        hot::render_counters(
+            &mut out,
+            CLICKS_ACCEPTED,
+            "Click records handed to the pipeline.",
+            "",
+            &[("", &self.clicks_accepted)],
+        );
+        hot::render_level(
+            &mut out,
+            CLICKS_BUFFERED,
+            "Click records accepted but not yet delivered.",
+            &self.clicks_buffered,
+        );
+        hot::render_counters(
+            &mut out,
+            CLICKS,
+            "Link clicks recorded (GET), by kind: human or bot (crawlers, previews, prefetch).",
+            "kind",
+            &[("human", &self.human_clicks), ("bot", &self.bot_clicks)],
+        );
+        hot::render_counters(
+            &mut out,
+            UNIQUE_CLICKS,
+            "Human clicks that were the visitor's first on that link in the window.",
+            "",
+            &[("", &self.unique_clicks)],
+        );
+        out
     }
 
     /// Folds histogram samples; called periodically so memory stays bounded between scrapes.

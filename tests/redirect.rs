@@ -310,3 +310,58 @@ fn admin_api_needs_the_token_and_shows_links() {
         "no token configured: admin API off"
     );
 }
+
+#[test]
+fn the_request_metrics_count_every_answer_once_in_a_valid_exposition() {
+    let s = Server::start("metrics", LINKS, &[]);
+    get(&s, "kit", "");
+    get(&s, "woo", "");
+    s.get(&path_for("kit"), &[("User-Agent", "WhatsApp/2.23.20.0")]);
+    s.get("/kit.AAAAAAAAAAAAAAAA", &[]);
+    s.get("/no-dot", &[]);
+    s.wait_clicks(3);
+    let text = request(s.admin, "GET", "/metrics", &[], b"").body_text();
+    // One HELP and one TYPE line per family, each before the family's samples.
+    let mut families = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(families.insert(name.to_string()), "{name} typed twice");
+            let help = format!("# HELP {name} ");
+            assert!(
+                text.lines().take(i).any(|l| l.starts_with(&help)),
+                "{name} has no HELP before its TYPE"
+            );
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let series = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|sfx| series.strip_suffix(sfx).filter(|f| families.contains(*f)))
+                .unwrap_or(series);
+            assert!(families.contains(family), "{series} before its TYPE line");
+        }
+    }
+    assert_eq!(s.metric(r#"cartlink_requests_total{outcome="redirect"}"#), 3.0);
+    assert_eq!(s.metric(r#"cartlink_requests_total{outcome="not_found"}"#), 2.0);
+    assert_eq!(s.metric(r#"cartlink_signature_failures_total{reason="bad_mac"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"cartlink_signature_failures_total{reason="malformed"}"#),
+        1.0
+    );
+    assert_eq!(s.metric(r#"cartlink_clicks_total{kind="human"}"#), 2.0);
+    assert_eq!(s.metric(r#"cartlink_clicks_total{kind="bot"}"#), 1.0);
+    assert_eq!(s.metric("cartlink_unique_clicks_total"), 2.0);
+    assert_eq!(s.metric("cartlink_clicks_accepted_total"), 3.0);
+    // Every public request is timed once; buckets are cumulative and end at the count.
+    let count = s.metric("cartlink_http_request_duration_seconds_count");
+    assert_eq!(count, 5.0);
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("cartlink_http_request_duration_seconds_bucket{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 17, "16 bounds and +Inf");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&count));
+    assert!(s.metric("cartlink_http_request_duration_seconds_sum") > 0.0);
+}

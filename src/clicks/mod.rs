@@ -70,7 +70,7 @@ impl Recorder {
     fn send(&self, record: Record) {
         self.metrics.clicks_accepted.increment(1);
         match self.tx.try_send(record) {
-            Ok(()) => self.metrics.clicks_buffered.increment(1.0),
+            Ok(()) => self.metrics.clicks_buffered.increment(1),
             Err(mpsc::error::TrySendError::Full(_)) => self.metrics.clicks_dropped.queue_full.increment(1),
             Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.clicks_dropped.shutdown.increment(1),
         }

@@ -97,7 +97,7 @@ pub fn start(
     }
     metrics.clicks_accepted.increment(recovered);
     metrics.clicks_recovered.increment(recovered);
-    metrics.clicks_buffered.increment(recovered as f64);
+    metrics.clicks_buffered.increment(recovered);
     metrics.spill_corrupt.increment(torn);
     metrics.spill_bytes.set(spill.bytes() as f64);
     metrics.spill_segments.set(spill.segments() as f64);
@@ -190,7 +190,7 @@ impl Shared {
                         m.clicks_dropped.spill_error.increment(n);
                     }
                 }
-                m.clicks_buffered.decrement(n as f64);
+                m.clicks_buffered.decrement(n);
                 if !self.spill_failing.replace(true) {
                     tracing::error!(error = %e, records = n, "spill: cannot take batches; dropping them (counted in cartlink_clicks_dropped_total)");
                 }
@@ -352,7 +352,7 @@ async fn sender(sh: &Shared, sink: &mut Sink, mut rx: mpsc::Receiver<Batch>, cfg
                     sh.metrics.spill_corrupt.increment(1);
                     let lost = sh.spill.borrow_mut().forget_records(seg.seq, seg.records.len() as u64);
                     sh.metrics.clicks_dropped.spill_error.increment(lost);
-                    sh.metrics.clicks_buffered.decrement(lost as f64);
+                    sh.metrics.clicks_buffered.decrement(lost);
                 }
                 let mut records = seg.records.iter().peekable();
                 while records.peek().is_some() {
@@ -378,7 +378,7 @@ async fn sender(sh: &Shared, sink: &mut Sink, mut rx: mpsc::Receiver<Batch>, cfg
                 let lost = sh.spill.borrow_mut().discard_oldest();
                 sh.metrics.spill_errors.io.increment(1);
                 sh.metrics.clicks_dropped.spill_error.increment(lost);
-                sh.metrics.clicks_buffered.decrement(lost as f64);
+                sh.metrics.clicks_buffered.decrement(lost);
                 sh.gauges();
                 tracing::error!(error = %e, records = lost, "spill: a segment vanished; its records are counted as dropped");
             }
@@ -438,7 +438,7 @@ async fn deliver(sh: &Shared, sink: &mut Sink, batch: &Batch, from_spill: bool, 
                 if from_spill {
                     m.clicks_replayed.increment(n);
                 }
-                m.clicks_buffered.decrement(n as f64);
+                m.clicks_buffered.decrement(n);
                 m.sink_up.set(1.0);
                 return true;
             }
@@ -447,7 +447,7 @@ async fn deliver(sh: &Shared, sink: &mut Sink, batch: &Batch, from_spill: bool, 
                 if !e.kind.retriable() {
                     tracing::error!(error = %e, records = n, "click sink refused a batch for good; dropped (cartlink_clicks_dropped_total{{reason=\"sink_rejected\"}})");
                     m.clicks_dropped.sink_rejected.increment(n);
-                    m.clicks_buffered.decrement(n as f64);
+                    m.clicks_buffered.decrement(n);
                     return true;
                 }
                 m.sink_up.set(0.0);

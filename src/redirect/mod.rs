@@ -46,7 +46,7 @@ const MAX_SUB: usize = 64;
 pub fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
     let started = Instant::now();
     let resp = route(app, method, uri, headers, peer);
-    app.metrics.duration.record(started.elapsed().as_secs_f64());
+    app.metrics.duration.record(started.elapsed());
     resp
 }
 
