@@ -26,7 +26,18 @@ pub struct Attribution {
     pub creator: String,
 }
 
+/// Longest payload written: the fixed part, then a link id and a creator at their load-time
+/// limits (64 and 128 bytes), then the MAC.
+const MAX_PAYLOAD: usize = FIXED + 1 + 64 + 1 + 128 + MAC_LEN;
+/// Version, click ID, issued-at.
+const FIXED: usize = 1 + 16 + 8;
+/// Cookie names are at most 64 bytes (validated with the config).
+const MAX_NAME: usize = 64;
+
 /// Appends `NAME=VALUE` (without attributes) to `out`.
+///
+/// The MAC input (`NAME ‖ 0x00 ‖ payload`) is laid out in one buffer, so it is hashed in one
+/// pass; the fixed-size fields are copied at fixed offsets.
 pub fn write(
     keys: &KeyRing,
     name: &str,
@@ -36,28 +47,29 @@ pub fn write(
     creator: &str,
     out: &mut String,
 ) {
-    let mut payload = [0u8; 1 + 16 + 8 + 1 + 255 + 1 + 255 + MAC_LEN];
-    let mut n = 0;
-    let mut put = |bytes: &[u8]| {
-        payload[n..n + bytes.len()].copy_from_slice(bytes);
-        n += bytes.len();
-    };
-    put(&[VERSION]);
-    put(click_id.as_bytes());
-    put(&issued_s.to_be_bytes());
+    let mut buf = [0u8; MAX_NAME + 1 + MAX_PAYLOAD];
+    let name = name.get(..name.len().min(MAX_NAME)).unwrap_or_default();
+    let p = name.len() + 1;
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    buf[p] = VERSION;
+    buf[p + 1..p + 17].copy_from_slice(click_id.as_bytes());
+    buf[p + 17..p + FIXED].copy_from_slice(&issued_s.to_be_bytes());
+    let mut n = p + FIXED;
     // Ids are ≤ 64 bytes and creators ≤ 128 (validated at load), so the lengths fit in a u8.
-    put(&[link_id.len() as u8]);
-    put(link_id.as_bytes());
-    put(&[creator.len() as u8]);
-    put(creator.as_bytes());
-    let mac = keys.cookie_tag(&[name.as_bytes(), &[0], &payload[..n]]);
-    payload[n..n + MAC_LEN].copy_from_slice(&mac);
+    for (label, max) in [(link_id.as_bytes(), 64), (creator.as_bytes(), 128)] {
+        let label = &label[..label.len().min(max)];
+        buf[n] = label.len() as u8;
+        buf[n + 1..n + 1 + label.len()].copy_from_slice(label);
+        n += 1 + label.len();
+    }
+    let mac = keys.cookie_tag(&[&buf[..n]]);
+    buf[n..n + MAC_LEN].copy_from_slice(&mac);
     n += MAC_LEN;
     out.push_str(name);
     out.push('=');
-    let mut text = [0u8; MAX_VALUE];
-    // The payload is at most 553 bytes, so its encoding fits; base64 is ASCII.
-    let len = URL_SAFE_NO_PAD.encode_slice(&payload[..n], &mut text).unwrap_or(0);
+    let mut text = [0u8; MAX_PAYLOAD.div_ceil(3) * 4];
+    // The payload's encoding fits by construction; base64 is ASCII.
+    let len = URL_SAFE_NO_PAD.encode_slice(&buf[p..n], &mut text).unwrap_or(0);
     out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
 }
 
@@ -129,6 +141,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::COOKIE, HeaderValue::from_str(cookie).unwrap());
         h
+    }
+
+    /// The exact bytes, from an independent oracle (Python's hmac and base64 over the layout in
+    /// the module doc), so cookies already in browsers keep verifying across refactors.
+    #[test]
+    fn the_written_value_is_the_documented_layout() {
+        let id = uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+        let mut c = String::new();
+        write(&keys(K1), "cl_att", &id, 1_000_000, "jane-kit", "jane", &mut c);
+        assert_eq!(
+            c,
+            "cl_att=AQGSAAAAAHAAgAAAAAAAAAEAAAAAAA9CQAhqYW5lLWtpdARqYW5lEudjleWii1Tetw2TdIHzwQ"
+        );
     }
 
     #[test]
