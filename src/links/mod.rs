@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod destination;
+mod index;
 pub mod signature;
 pub mod stock;
 
@@ -75,14 +76,6 @@ impl Link {
     }
 }
 
-/// Table entry: the link with its id's hash, so a lookup can pick its candidate (and start
-/// fetching the link's memory) before it compares ids. The id itself is stored once, in the link.
-#[derive(Debug)]
-struct Entry {
-    hash: u64,
-    link: Arc<Link>,
-}
-
 fn hash_id(id: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     rustc_hash::FxBuildHasher.hash_one(id)
@@ -101,7 +94,9 @@ pub(crate) fn prefetch<T>(p: *const T, bytes: usize) {
     let _ = (p, bytes);
 }
 
-/// A lookup under way (see [`LinkTable::start_get`]).
+/// A lookup under way, in three steps that let other work hide its two cache misses:
+/// [`LinkTable::start_get`] asks for the slot, [`PendingGet::fetch`] reads it and asks for the
+/// link, [`PendingGet::finish`] compares ids.
 pub struct PendingGet<'a> {
     table: &'a LinkTable,
     id: &'a [u8],
@@ -110,13 +105,25 @@ pub struct PendingGet<'a> {
 }
 
 impl<'a> PendingGet<'a> {
+    /// Reads the first link under the id's hash and starts loading its memory.
+    pub fn fetch(mut self) -> Self {
+        self.candidate = self.table.links.candidate(self.hash);
+        if let Some(link) = self.candidate {
+            // From the link back over the Arc's two counters, which come first.
+            prefetch(
+                Arc::as_ptr(link).cast::<u8>().wrapping_sub(16),
+                std::mem::size_of::<Link>() + 16,
+            );
+        }
+        self
+    }
+
     /// The link named by the id, if there is one.
     pub fn finish(self) -> Option<&'a Arc<Link>> {
         match self.candidate {
             Some(link) if link.id.as_bytes() == self.id => Some(link),
-            // Another id with the same 64-bit hash, or none at all: the full search decides.
-            Some(_) => self.table.find(self.hash, self.id),
-            None => None,
+            // Another id under the same 64-bit hash, or not fetched: the full search decides.
+            _ => self.table.find(self.hash, self.id),
         }
     }
 }
@@ -151,7 +158,7 @@ impl std::fmt::Display for LoadError {
 /// set by the file's ids.
 #[derive(Debug, Default)]
 pub struct LinkTable {
-    links: hashbrown::HashTable<Entry>,
+    links: index::Index,
     /// Upper-cased discount code → the first link (in file order) that carries it, for
     /// attributing orders that came without a click ID.
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
@@ -163,43 +170,33 @@ impl LinkTable {
     }
 
     fn find(&self, hash: u64, id: &[u8]) -> Option<&Arc<Link>> {
-        self.links
-            .find(hash, |e| e.hash == hash && e.link.id.as_bytes() == id)
-            .map(|e| &e.link)
+        self.links.find(hash, id)
     }
 
-    /// Starts a lookup: picks the entry whose hash matches (no id compared, so the link's own
-    /// memory is not waited for) and prefetches that link, to overlap the cache miss with work
-    /// done before [`PendingGet::finish`] (the signature check).
+    /// Starts a lookup: hashes the id and asks for the slot where its search starts, without
+    /// waiting for it (see [`PendingGet`]).
     pub fn start_get<'a>(&'a self, id: &'a [u8]) -> PendingGet<'a> {
         let hash = hash_id(id);
-        let candidate = self.links.find(hash, |e| e.hash == hash).map(|e| &e.link);
-        if let Some(link) = candidate {
-            // From the link back over the Arc's two counters, which come first.
-            prefetch(
-                Arc::as_ptr(link).cast::<u8>().wrapping_sub(16),
-                std::mem::size_of::<Link>() + 16,
-            );
-        }
+        prefetch(self.links.home(hash), 16);
         PendingGet {
             table: self,
             id,
             hash,
-            candidate,
+            candidate: None,
         }
     }
     pub fn len(&self) -> usize {
         self.links.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.links.is_empty()
+        self.links.len() == 0
     }
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
-        self.links.iter().map(|e| &e.link)
+        self.links.iter().map(|(_, link)| link)
     }
     /// Ids in file order are not kept; this gives them sorted, for stable exports.
     pub fn sorted_ids(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self.links.iter().map(|e| &*e.link.id).collect();
+        let mut ids: Vec<&str> = self.iter().map(|link| &*link.id).collect();
         ids.sort_unstable();
         ids
     }
@@ -210,7 +207,7 @@ impl LinkTable {
 
     /// Connects stock rules to the shared stock state.
     pub fn bind_stock(&self, inventory: &crate::commerce::inventory::Inventory) {
-        for Entry { link, .. } in &self.links {
+        for link in self.iter() {
             if let Some(rule) = &link.stock {
                 rule.bind(inventory);
             }
@@ -220,8 +217,8 @@ impl LinkTable {
     /// Carries `max_clicks` counters over from the table this one replaces.
     pub fn inherit_counters(&self, old: &LinkTable) {
         use std::sync::atomic::Ordering::Relaxed;
-        for Entry { hash, link } in &self.links {
-            if let Some(prev) = old.find(*hash, link.id.as_bytes()) {
+        for (hash, link) in self.links.iter() {
+            if let Some(prev) = old.find(hash, link.id.as_bytes()) {
                 link.clicks.store(prev.clicks.load(Relaxed), Relaxed);
             }
         }
@@ -585,7 +582,7 @@ struct Merge<'a> {
     /// Duplicate ids to report, with their lines. Where each first appears is looked up once,
     /// at the end, for all of them.
     duplicates: Vec<(usize, compact_str::CompactString)>,
-    links: hashbrown::HashTable<Entry>,
+    links: index::Index,
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
     /// Lines in the pieces merged so far.
     before: usize,
@@ -599,17 +596,17 @@ impl<'a> Merge<'a> {
             bytes,
             errors: Vec::new(),
             duplicates: Vec::new(),
-            links: hashbrown::HashTable::new(),
+            links: index::Index::default(),
             by_discount: FxHashMap::default(),
             before: 0,
         }
     }
 
     fn add(&mut self, piece: Piece) {
-        if self.links.is_empty() {
+        if self.links.len() == 0 {
             // Lines are about the same size: the first piece tells how big the table will be.
             let expected = piece.links.len() as u128 * self.bytes as u128 / piece.bytes.max(1) as u128;
-            self.links.reserve(usize::try_from(expected).unwrap_or(0), |e| e.hash);
+            self.links = index::Index::with_capacity(usize::try_from(expected).unwrap_or(0));
         }
         let before = self.before;
         self.errors.extend(piece.errors.into_iter().map(|e| LinkError {
@@ -622,12 +619,7 @@ impl<'a> Merge<'a> {
             }
             let hash = hash_id(link.id.as_bytes());
             let id = link.id.clone();
-            let entry = self
-                .links
-                .entry(hash, |e| e.hash == hash && e.link.id == id, |e| e.hash);
-            if let hashbrown::hash_table::Entry::Vacant(slot) = entry {
-                slot.insert(Entry { hash, link });
-            } else {
+            if !self.links.insert(hash, link) {
                 let line = line + before;
                 // A file appended to itself has millions of duplicates: keep those that will be shown.
                 let earlier = self.errors.iter().filter(|e| e.line < line).count()
@@ -656,7 +648,7 @@ impl<'a> Merge<'a> {
             errors.truncate(MAX_REPORTED);
             return Err(LoadError(errors));
         }
-        if self.links.is_empty() {
+        if self.links.len() == 0 {
             return Err(LoadError(vec![LinkError {
                 file: self.name.into(),
                 line: 0,
@@ -981,29 +973,26 @@ mod tests {
     fn a_lookup_started_early_finds_what_get_finds_even_when_hashes_collide() {
         let text: String = ["a", "b", "c"].iter().map(|id| line(id) + "\n").collect();
         let parsed = parse(&text, "f").unwrap();
-        // First in the table, an entry under b's hash that holds a: a lookup of b meets it
-        // before b's own, and only the link whose id matches may come back.
+        // First under b's hash, an entry that holds a: a lookup of b meets it before b's own,
+        // and only the link whose id matches may come back.
         let mut table = LinkTable::default();
         let hash = hash_id(b"b");
-        let a = parsed.get(b"a").unwrap().clone();
-        table.links.insert_unique(hash, Entry { hash, link: a }, |e| e.hash);
+        assert!(table.links.insert(hash, parsed.get(b"a").unwrap().clone()));
         for link in parsed.iter() {
-            let hash = hash_id(link.id.as_bytes());
-            table.links.insert_unique(
-                hash,
-                Entry {
-                    hash,
-                    link: link.clone(),
-                },
-                |e| e.hash,
-            );
+            assert!(table.links.insert(hash_id(link.id.as_bytes()), link.clone()));
         }
-        let first = table.links.find(hash, |e| e.hash == hash).unwrap();
-        assert_eq!(&*first.link.id, "a", "the colliding entry is the one met first");
+        assert_eq!(table.links.candidate(hash).map(|l| &*l.id), Some("a"), "met first");
         for id in ["a", "b", "c", "d", ""] {
-            let early = table.start_get(id.as_bytes()).finish().map(|l| l.id.to_string());
+            let early = table
+                .start_get(id.as_bytes())
+                .fetch()
+                .finish()
+                .map(|l| l.id.to_string());
             assert_eq!(early.as_deref(), table.get(id.as_bytes()).map(|l| &*l.id), "{id}");
             assert_eq!(early.as_deref(), ["a", "b", "c"].contains(&id).then_some(id));
+            // Not fetched: the full search still answers.
+            let unfetched = table.start_get(id.as_bytes()).finish().map(|l| l.id.to_string());
+            assert_eq!(unfetched, early, "{id}");
         }
     }
 

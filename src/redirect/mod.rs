@@ -68,17 +68,14 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         m.signature.malformed.increment(1);
         return not_found(app);
     };
-    // The link's memory is fetched while the signature is checked.
+    // The table is in memory but rarely in cache: its slot is fetched while the signature is
+    // checked, and the link itself while the visitor is looked at.
     let pending = snap.links.start_get(id);
     if !snap.keys.verify(id, sig) {
         m.signature.bad_mac.increment(1);
         return not_found(app);
     }
-    let Some(link) = pending.finish() else {
-        m.signature.unknown_link.increment(1);
-        return not_found(app);
-    };
-    link.target.prefetch();
+    let pending = pending.fetch();
 
     // Who: the client behind the CDN, bot or human, device, country.
     let view = &*snap.view;
@@ -88,10 +85,18 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let ua_hash = audience::agent::hash(ua);
     let agent = audience::agent::of(ua, ua_hash);
     let bot = is_head || agent.bot || audience::is_prefetch(headers);
-    // Humans' place in the unique filter is fetched while the rest of the answer is built.
-    let visit = (!bot).then(|| app.unique.find(client, ua_hash, &link.id));
+    // Humans' place in the unique filter is fetched while the rest of the answer is built. The
+    // id is the URL's, which is the link's once `finish` finds it (and ASCII: see split_token).
+    let id_text = std::str::from_utf8(id).unwrap_or_default();
+    let visit = (!bot).then(|| app.unique.find(client, ua_hash, id_text));
     let device = agent.device;
     let country = country(view, peer, client, headers);
+
+    let Some(link) = pending.finish() else {
+        m.signature.unknown_link.increment(1);
+        return not_found(app);
+    };
+    link.target.prefetch();
     let (mut dest, mut served) = choose(
         &snap,
         link,
