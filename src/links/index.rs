@@ -37,8 +37,8 @@ impl Index {
         self.len
     }
 
-    /// Adds `link` under `hash`; `false` (and nothing added) if a link with its id is there.
-    pub fn insert(&mut self, hash: u64, link: Arc<Link>) -> bool {
+    /// Adds `link` under `hash`, or hands it back if a link with its id is there.
+    pub fn insert(&mut self, hash: u64, link: Arc<Link>) -> Result<(), Arc<Link>> {
         if (self.len + 1) * 3 > self.slots.len() * 2 {
             self.grow();
         }
@@ -49,9 +49,9 @@ impl Index {
                 None => {
                     *slot = Slot { hash, link: Some(link) };
                     self.len += 1;
-                    return true;
+                    return Ok(());
                 }
-                Some(l) if slot.hash == hash && l.id == link.id => return false,
+                Some(l) if slot.hash == hash && l.id == link.id => return Err(link),
                 Some(_) => i = self.next(i),
             }
         }
@@ -143,9 +143,12 @@ mod tests {
         let mut index = Index::default();
         let ids: Vec<String> = (0..2000).map(|i| format!("l{i}")).collect();
         for id in &ids {
-            assert!(index.insert(super::super::hash_id(id.as_bytes()), link(id)));
+            assert!(index.insert(super::super::hash_id(id.as_bytes()), link(id)).is_ok());
         }
-        assert!(!index.insert(super::super::hash_id(b"l7"), link("l7")), "duplicate");
+        assert!(
+            index.insert(super::super::hash_id(b"l7"), link("l7")).is_err(),
+            "duplicate"
+        );
         assert_eq!(index.len(), 2000);
         assert!(index.len() * 3 <= index.slots.len() * 2, "at most two thirds full");
         for id in &ids {
@@ -164,7 +167,7 @@ mod tests {
         // wrap to the front.
         let hash = (0..u64::MAX).find(|h| index.start(*h) == n - 1).unwrap();
         for id in ["a", "b", "c", "d"] {
-            assert!(index.insert(hash, link(id)));
+            assert!(index.insert(hash, link(id)).is_ok());
         }
         for id in ["a", "b", "c", "d"] {
             assert_eq!(index.find(hash, id.as_bytes()).map(|l| &*l.id), Some(id));
