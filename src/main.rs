@@ -9,15 +9,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// Transparent huge pages for the heap. Each request reads one link's slot and memory at random
-// in a table of up to millions; with 4 KiB pages nearly every such read also missed the TLB,
-// and a page walk under a hypervisor costs more than the cache miss. With 2 MiB pages the
-// request thread's CPU per redirect fell by about a tenth (README, Performance).
-// `_RJEM_MALLOC_CONF=thp:default` at start-up turns it off.
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"thp:always\0";
-
 /// cartlink: signed creator links to prefilled carts, with attribution and a click pipeline.
 #[derive(Parser)]
 #[command(version, about)]

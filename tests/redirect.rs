@@ -365,28 +365,3 @@ fn the_request_metrics_count_every_answer_once_in_a_valid_exposition() {
     assert_eq!(buckets.last(), Some(&count));
     assert!(s.metric("cartlink_http_request_duration_seconds_sum") > 0.0);
 }
-
-/// The heap is on transparent huge pages (src/main.rs), unless the kernel has them off.
-#[test]
-fn the_heap_is_on_huge_pages_where_the_kernel_allows_them() {
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if thp.is_empty() || thp.contains("[never]") {
-        eprintln!("SKIPPED: transparent huge pages are off on this machine ({thp:?})");
-        return;
-    }
-    let huge_kib = |s: &Server| {
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.child.id())).unwrap();
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("AnonHugePages:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-    };
-    let s = Server::start("thp", LINKS, &[]);
-    get(&s, "kit", "");
-    assert!(huge_kib(&s) > 0, "no huge pages");
-    // And the operator's switch turns them off.
-    let off = Server::start("thp-off", LINKS, &[("_RJEM_MALLOC_CONF", "thp:default")]);
-    get(&off, "kit", "");
-    assert_eq!(huge_kib(&off), 0);
-}
