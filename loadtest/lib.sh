@@ -6,6 +6,8 @@
 #                     same paths with a Location of the same shape and size in $WORK/links.tsv
 #                     (for nginx and the floor); exports CARTLINK_LINKS and the signing key
 #   bench_lua         $WORK/paths.lua: wrk picks a random path and sends BENCH_UA and BENCH_XFF
+#   bench_floor       builds the bare-hyper floor of $BENCH (../shared/bench by default) into
+#                     /tmp/floor-target/release/redirect-floor
 #   bench_env PORT    exports the full-path environment: one worker on 127.0.0.1:PORT, file
 #                     sink and data under $WORK, geo fixture, 127.0.0.1 trusted as the CDN
 
@@ -30,6 +32,12 @@ request = function()
   return wrk.format("GET", paths[math.random(#paths)], {["User-Agent"]="$BENCH_UA", ["X-Forwarded-For"]="$BENCH_XFF"})
 end
 LUA
+}
+
+BENCH=${BENCH:-$ROOT/../shared/bench}
+
+bench_floor() {
+  cargo build --release --quiet --manifest-path "$BENCH/floor/Cargo.toml" --target-dir /tmp/floor-target
 }
 
 bench_env() {

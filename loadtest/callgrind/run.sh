@@ -56,8 +56,7 @@ echo "requests: $REQS"
 echo "instructions per request: $((TOTAL / REQS)) (SHA-256 blocks in valgrind's AVX form: $((SHA / REQS)); the rest: $(((TOTAL - SHA) / REQS)))"
 echo "  of which the request handler (Public::call, inclusive) without SHA-256: $(((HANDLER - SHA) / REQS))"
 if [ "${FLOOR:-1}" = 1 ]; then
-  BENCH=${BENCH:-$ROOT/../shared/bench}
-  cargo build --release --quiet --manifest-path "$BENCH/floor/Cargo.toml" --target-dir /tmp/floor-target
+  bench_floor
   count floor 18401 /tmp/floor-target/release/redirect-floor 18401 "$WORK/links.tsv"
   FREQS=$(cat "$WORK/floor.reqs"); FTOTAL=$(total floor)
   echo "floor (bare hyper, same paths): $((FTOTAL / FREQS)) instructions per request ($FREQS requests)"

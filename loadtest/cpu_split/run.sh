@@ -10,18 +10,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
 N=${N:-100000}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 BIN=${CARTLINK_BIN:-target/release/cartlink}
 [ -n "${CARTLINK_BIN:-}" ] || cargo build --release --quiet
-cargo build --release --quiet --manifest-path "$BENCH/floor/Cargo.toml" --target-dir /tmp/floor-target
 WORK=$(mktemp -d /tmp/cartlink-split.XXXXXX)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PID=
 source loadtest/lib.sh
+bench_floor
 bench_links
 bench_lua
 bench_env 18600

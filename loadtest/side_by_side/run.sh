@@ -11,7 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
 N=${N:-100000}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
@@ -19,10 +18,10 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx-light)"; exit 2; }
 BIN=${CARTLINK_BIN:-$ROOT/target/release/cartlink}
 [ -n "${CARTLINK_BIN:-}" ] || cargo build --release --quiet
-cargo build --release --quiet --manifest-path "$BENCH/floor/Cargo.toml" --target-dir /tmp/floor-target
 WORK=$(mktemp -d /tmp/cartlink-sbs.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 source loadtest/lib.sh
+bench_floor
 bench_links
 cat > "$WORK/cartlink.sh" <<SH
 #!/usr/bin/env bash
