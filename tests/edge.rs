@@ -308,11 +308,24 @@ fn a_client_that_never_reads_stalls_the_server_after_a_few_answers() {
         // Our write stalls too once the server stops reading; both just wait.
         let batch = kit_request().repeat(1000);
         let _ = tokio::time::timeout(Duration::from_secs(2), c.write_all(batch.as_bytes())).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
         // The server stops answering once 16 KiB of answers sit unsent (TCP_NOTSENT_LOWAT)
         // beside the little our 4 KiB window takes. Without that limit its 64 KiB send buffer
-        // alone holds a few hundred answers.
-        let answered = s.metric(r#"cartlink_requests_total{outcome="redirect"}"#);
+        // alone holds a few hundred answers. On a loaded machine the server may not have got
+        // to the requests yet: wait for the count to start, then to stop moving.
+        let series = r#"cartlink_requests_total{outcome="redirect"}"#;
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut answered = s.metric(series);
+        let mut still_since = Instant::now();
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = s.metric(series);
+            if now != answered {
+                answered = now;
+                still_since = Instant::now();
+            } else if answered > 0.0 && still_since.elapsed() >= Duration::from_millis(700) {
+                break;
+            }
+        }
         assert!(
             (1.0..150.0).contains(&answered),
             "{answered} answers to a client that reads none"
