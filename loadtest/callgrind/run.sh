@@ -13,6 +13,7 @@
 #
 #   loadtest/callgrind/run.sh            # builds the release binary first
 #   CARTLINK_BIN=/tmp/other/cartlink loadtest/callgrind/run.sh
+#   KEEP=/tmp/cg loadtest/callgrind/run.sh   # keeps the profiles there for callgrind_annotate
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -22,7 +23,7 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 BIN=${CARTLINK_BIN:-target/release/cartlink}
 [ -n "${CARTLINK_BIN:-}" ] || cargo build --release --quiet
 WORK=$(mktemp -d /tmp/cartlink-cg.XXXXXX)
-trap 'kill $VPID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $VPID 2>/dev/null || true; [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$WORK"/*.out.1 "$WORK"/*.reqs "$KEEP"/ 2>/dev/null; }; rm -rf "$WORK"' EXIT
 VPID=
 source loadtest/lib.sh
 bench_links

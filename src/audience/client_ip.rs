@@ -54,6 +54,20 @@ impl ClientIp {
                 return ip;
             }
         }
+        // The common case, one line whose last hop is the client, read without the general
+        // walk below (which gives the same answer, at about three times the instructions).
+        let mut xff_lines = headers.get_all(&X_FORWARDED_FOR).iter();
+        if let (Some(line), None) = (xff_lines.next(), xff_lines.next()) {
+            if let Ok(line) = line.to_str() {
+                let line = line.as_bytes();
+                let last = memchr::memrchr(b',', line).map_or(line, |i| &line[i + 1..]);
+                if let Some(ip) = dotted_quad(last.trim_ascii()) {
+                    if !self.is_trusted(ip) {
+                        return ip;
+                    }
+                }
+            }
+        }
         // Right to left over every line of the header, without collecting the hops.
         let lines = |name| headers.get_all(name).iter().rev().filter_map(|v| v.to_str().ok());
         let mut xff = lines(&X_FORWARDED_FOR).flat_map(|v| v.rsplit(',')).peekable();
@@ -98,6 +112,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `a.b.c.d` in decimal without leading zeros: exactly what std's parser accepts as IPv4.
+fn dotted_quad(s: &[u8]) -> Option<IpAddr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') || !p.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v = p.iter().fold(0u16, |v, &d| v * 10 + u16::from(d - b'0'));
+        *octet = u8::try_from(v).ok()?;
+    }
+    parts.next().is_none().then(|| IpAddr::from(octets))
+}
+
 /// One hop: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`, quoted or not.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let h = hop.trim().trim_matches('"');
@@ -123,6 +152,14 @@ mod tests {
             m.append(*k, HeaderValue::from_str(v).unwrap());
         }
         m
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dotted_quad_accepts_what_std_accepts(s in "[0-9.]{0,17}|[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,4}") {
+            let std_says = s.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4);
+            proptest::prop_assert_eq!(dotted_quad(s.as_bytes()), std_says);
+        }
     }
 
     #[test]

@@ -34,6 +34,12 @@ const FIXED: usize = 1 + 16 + 8;
 /// Cookie names are at most 64 bytes (validated with the config).
 const MAX_NAME: usize = 64;
 
+/// The length of what [`write`] appends.
+pub fn len(name: &str, link_id: &str, creator: &str) -> usize {
+    let payload = FIXED + 1 + link_id.len().min(64) + 1 + creator.len().min(128) + MAC_LEN;
+    name.len().min(MAX_NAME) + 1 + (payload * 4).div_ceil(3)
+}
+
 /// Appends `NAME=VALUE` (without attributes) to `out`.
 ///
 /// The MAC input (`NAME ‖ 0x00 ‖ payload`) is laid out in one buffer, so it is hashed in one
@@ -154,6 +160,26 @@ mod tests {
             c,
             "cl_att=AQGSAAAAAHAAgAAAAAAAAAEAAAAAAA9CQAhqYW5lLWtpdARqYW5lEudjleWii1Tetw2TdIHzwQ"
         );
+    }
+
+    #[test]
+    fn len_is_what_write_appends() {
+        let id = uuid::Uuid::from_u128(7);
+        for (name, link, creator) in [
+            ("a", "b", "c"),
+            ("cl_att", "jane-kit", "jane"),
+            ("n", &"x".repeat(64), &"y".repeat(128)),
+        ] {
+            for extra in 0..3 {
+                let (link, creator) = (
+                    format!("{link}{}", "l".repeat(extra)),
+                    format!("{creator}{}", "c".repeat(extra)),
+                );
+                let mut c = String::new();
+                write(&keys(K1), name, &id, 1, &link, &creator, &mut c);
+                assert_eq!(len(name, &link, &creator), c.len(), "{name} {link} {creator}");
+            }
+        }
     }
 
     #[test]

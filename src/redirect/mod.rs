@@ -147,7 +147,8 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
                 cookie::read(&snap.keys, &c.name, headers, now_ms / 1000, c.window.as_secs()).map(|a| a.click_id);
         }
         if attributed_to.is_none() {
-            let mut v = String::with_capacity(c.name.len() + 120 + c.attributes.len());
+            // Exact, so the string becomes the header's bytes without another allocation.
+            let mut v = String::with_capacity(cookie::len(&c.name, &link.id, &link.creator) + c.attributes.len());
             cookie::write(
                 &snap.keys,
                 &c.name,
@@ -171,7 +172,10 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         sub = uri.query().and_then(|q| read_query(q, dest, None));
         loc
     } else {
-        let mut loc = String::with_capacity(dest.head().len() + CLICK_ID_LEN + dest.tail().len() + 64);
+        // Exact without a query, so the string becomes the header's bytes without another
+        // allocation.
+        let extra = if uri.query().is_some() { 64 } else { 0 };
+        let mut loc = String::with_capacity(dest.head().len() + CLICK_ID_LEN + dest.tail().len() + extra);
         loc.push_str(dest.head());
         let mut idbuf = uuid::Uuid::encode_buffer();
         loc.push_str(attributed_to.unwrap_or(click_id).hyphenated().encode_lower(&mut idbuf));
@@ -384,26 +388,37 @@ pub fn new_click_id(now_ms: u64) -> uuid::Uuid {
 fn redirect(status: u16, location: String, set_cookie: Option<String>, no_referrer: bool) -> Response<Body> {
     // Every part was URL-encoded or validated at load time, so these checks never fail; if
     // one did, the visitor gets a clean 400 rather than a malformed header.
-    let Ok(loc) = HeaderValue::from_maybe_shared(Bytes::from(location)) else {
+    let Some(loc) = header_value(location) else {
         return bad_request();
+    };
+    let cookie = match set_cookie.map(header_value) {
+        Some(None) => return bad_request(),
+        c => c.flatten(),
     };
     let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
     let h = resp.headers_mut();
     h.insert(LOCATION, loc);
     h.insert(CACHE_CONTROL, NO_STORE);
-    if let Some(c) = set_cookie {
-        match HeaderValue::from_maybe_shared(Bytes::from(c)) {
-            Ok(v) => {
-                h.insert(SET_COOKIE, v);
-            }
-            Err(_) => return bad_request(),
-        }
+    if let Some(c) = cookie {
+        h.insert(SET_COOKIE, c);
     }
     if no_referrer {
         h.insert(REFERRER_POLICY, NO_REFERRER);
     }
     resp
+}
+
+/// The bytes `HeaderValue::from_maybe_shared` accepts (visible ASCII, space, tab, obs-text),
+/// checked by a fold that vectorizes where its check goes byte by byte (about 500 of a
+/// request's instructions for the two headers).
+fn header_value(s: String) -> Option<HeaderValue> {
+    let ok = s
+        .bytes()
+        .fold(true, |ok, b| ok & ((b >= 0x20 && b != 0x7f) | (b == b'\t')));
+    // SAFETY: the only requirement is UTF-8, which a String is; the bytes were checked just
+    // above as the checked constructor would (debug builds check again and panic).
+    ok.then(|| unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(s)) })
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
