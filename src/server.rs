@@ -185,6 +185,11 @@ pub fn http_builder(cfg: &HttpConfig, hyper_head_timer: bool) -> auto::Builder<T
         .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_bytes)
         .keep_alive(true);
+    if !hyper_head_timer {
+        // The public answers are a head and at most a short body: one buffer and one write
+        // instead of an iovec array set up per answer.
+        b.http1().writev(false);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.h2_max_concurrent_streams)

@@ -7,6 +7,7 @@
 #
 #   loadtest/cpu_split/run.sh                  # N=100000 links, 3 rounds of 8 s
 #   CARTLINK_BIN=/tmp/other/cartlink ROUNDS=5 loadtest/cpu_split/run.sh
+#   CARTLINK_BIN=/tmp/a CARTLINK_BIN_B=/tmp/b ROUNDS=5 loadtest/cpu_split/run.sh   # A/B, alternating
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -46,6 +47,11 @@ for _ in $(seq "$ROUNDS"); do
   rm -rf "$WORK/clicks" "$WORK/data"
   taskset -c 0 "$BIN" serve > "$WORK/out" 2> "$WORK/err" & PID=$!
   measure cartlink 18600
+  if [ -n "${CARTLINK_BIN_B:-}" ]; then
+    rm -rf "$WORK/clicks" "$WORK/data"
+    taskset -c 0 "$CARTLINK_BIN_B" serve > "$WORK/out" 2> "$WORK/err" & PID=$!
+    measure cartlink-b 18600
+  fi
   taskset -c 0 /tmp/floor-target/release/redirect-floor 18601 "$WORK/links.tsv" > /dev/null 2>&1 & PID=$!
   measure floor 18601
 done

@@ -1,6 +1,6 @@
 //! Unique humans: a Bloom filter over a keyed hash of (client address, User-Agent, link).
 //!
-//! The key is a random SipHash key made at start-up and replaced every day; it is never stored
+//! The key is a random hash seed made at start-up and replaced every day; it is never stored
 //! or logged, so the filter cannot be reversed into addresses and days cannot be joined.
 //! Two generations make the window slide: a visitor is unique if seen in neither today's nor
 //! yesterday's filter. Sized from the expected visitors per day and the target false-positive
@@ -175,14 +175,14 @@ impl UniqueFilter {
 
     /// True the first time this visitor is seen on this link within the window. The
     /// User-Agent comes as its 64-bit hash (`agent::hash`, already taken for the agent cache);
-    /// the whole key then goes through each generation's keyed SipHash.
+    /// the whole key then goes through each generation's keyed hash.
     pub fn check_and_insert(&self, ip: IpAddr, user_agent: u64, link_id: &str) -> bool {
-        self.find(ip, user_agent, link_id).check_and_insert()
+        self.find(ip, user_agent, link_id.as_bytes()).check_and_insert()
     }
 
     /// Hashes the visitor's key and starts loading its blocks into the cache, for
     /// [`Visit::check_and_insert`] a little later.
-    pub fn find(&self, ip: IpAddr, user_agent: u64, link_id: &str) -> Visit {
+    pub fn find(&self, ip: IpAddr, user_agent: u64, link_id: &[u8]) -> Visit {
         let gens = self.gens.load();
         let key = (ip, user_agent, link_id);
         let current = gens.current.hash(&key);

@@ -86,9 +86,8 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let agent = audience::agent::of(ua, ua_hash);
     let bot = is_head || agent.bot || audience::is_prefetch(headers);
     // Humans' place in the unique filter is fetched while the rest of the answer is built. The
-    // id is the URL's, which is the link's once `finish` finds it (and ASCII: see split_token).
-    let id_text = std::str::from_utf8(id).unwrap_or_default();
-    let visit = (!bot).then(|| app.unique.find(client, ua_hash, id_text));
+    // id is the URL's, which is the link's once `finish` finds it.
+    let visit = (!bot).then(|| app.unique.find(client, ua_hash, id));
     let device = agent.device;
     let country = country(view, peer, client, headers);
 
