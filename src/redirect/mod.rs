@@ -89,13 +89,17 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     // id is the URL's, which is the link's once `finish` finds it.
     let visit = (!bot).then(|| app.unique.find(client, ua_hash, id));
     let device = agent.device;
-    let country = country(view, peer, client, headers);
 
     let Some(link) = pending.finish() else {
         m.signature.unknown_link.increment(1);
         return not_found(app);
     };
+    // The URL, creator and campaign live apart from the link: they are fetched while the
+    // country is looked up, before the cookie and the record copy them.
     link.target.prefetch();
+    crate::links::prefetch(link.creator.as_ptr(), 1);
+    crate::links::prefetch(link.campaign.as_ptr(), 1);
+    let country = country(view, peer, client, headers);
     let (mut dest, mut served) = choose(
         &snap,
         link,
