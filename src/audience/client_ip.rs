@@ -54,18 +54,14 @@ impl ClientIp {
                 return ip;
             }
         }
-        // The common case, one line whose last hop is the client, read without the general
-        // walk below (which gives the same answer, at about three times the instructions).
+        // The common case, one line whose last hop is the client: the walk's first step,
+        // without the iterators it is built from (about half the instructions of this call).
         let mut xff_lines = headers.get_all(&X_FORWARDED_FOR).iter();
-        if let (Some(line), None) = (xff_lines.next(), xff_lines.next()) {
-            if let Ok(line) = line.to_str() {
-                let line = line.as_bytes();
-                let last = memchr::memrchr(b',', line).map_or(line, |i| &line[i + 1..]);
-                if let Some(ip) = dotted_quad(last.trim_ascii()) {
-                    if !self.is_trusted(ip) {
-                        return ip;
-                    }
-                }
+        if let (Some(Ok(line)), None) = (xff_lines.next().map(|v| v.to_str()), xff_lines.next()) {
+            // After an ASCII comma, so a char boundary.
+            let last = memchr::memrchr(b',', line.as_bytes()).map_or(line, |i| &line[i + 1..]);
+            if let Some(ip) = parse_hop(last).filter(|ip| !self.is_trusted(*ip)) {
+                return ip;
             }
         }
         // Right to left over every line of the header, without collecting the hops.
@@ -129,6 +125,10 @@ fn dotted_quad(s: &[u8]) -> Option<IpAddr> {
 
 /// One hop: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`, quoted or not.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
+    // Most hops are a bare IPv4 address: tried before the Unicode-aware trims.
+    if let Some(ip) = dotted_quad(hop.as_bytes().trim_ascii()) {
+        return Some(ip);
+    }
     let h = hop.trim().trim_matches('"');
     if let Ok(ip) = h.parse::<IpAddr>() {
         return Some(canonical(ip));

@@ -27,8 +27,11 @@ pub struct Attribution {
 }
 
 /// Longest payload written: the fixed part, then a link id and a creator at their load-time
-/// limits (64 and 128 bytes), then the MAC.
-const MAX_PAYLOAD: usize = FIXED + 1 + 64 + 1 + 128 + MAC_LEN;
+/// limits, then the MAC.
+const MAX_PAYLOAD: usize = FIXED + 1 + MAX_LINK_ID + 1 + MAX_CREATOR + MAC_LEN;
+/// The load-time limits of a link id and a creator.
+const MAX_LINK_ID: usize = 64;
+const MAX_CREATOR: usize = 128;
 /// Version, click ID, issued-at.
 const FIXED: usize = 1 + 16 + 8;
 /// Cookie names are at most 64 bytes (validated with the config).
@@ -36,7 +39,7 @@ const MAX_NAME: usize = 64;
 
 /// The length of what [`write`] appends.
 pub fn len(name: &str, link_id: &str, creator: &str) -> usize {
-    let payload = FIXED + 1 + link_id.len().min(64) + 1 + creator.len().min(128) + MAC_LEN;
+    let payload = FIXED + 1 + link_id.len().min(MAX_LINK_ID) + 1 + creator.len().min(MAX_CREATOR) + MAC_LEN;
     name.len().min(MAX_NAME) + 1 + (payload * 4).div_ceil(3)
 }
 
@@ -62,7 +65,7 @@ pub fn write(
     buf[p + 17..p + FIXED].copy_from_slice(&issued_s.to_be_bytes());
     let mut n = p + FIXED;
     // Ids are ≤ 64 bytes and creators ≤ 128 (validated at load), so the lengths fit in a u8.
-    for (label, max) in [(link_id.as_bytes(), 64), (creator.as_bytes(), 128)] {
+    for (label, max) in [(link_id.as_bytes(), MAX_LINK_ID), (creator.as_bytes(), MAX_CREATOR)] {
         let label = &label[..label.len().min(max)];
         buf[n] = label.len() as u8;
         buf[n + 1..n + 1 + label.len()].copy_from_slice(label);
