@@ -1,11 +1,15 @@
-//! A batch: encoded click records (JSON Lines, each ending in `\n`) back to back, with the end
-//! offset of each record so sinks that publish per record (NATS) and the spill (which frames
-//! each record) can split it without parsing.
+//! A batch: encoded click records (JSON Lines, each ending in `\n`), each kept in the buffer
+//! the redirect path encoded it into. Nothing copies them into one body on the way: the file
+//! sink hands them to the kernel as one vectored write, NATS publishes each, the spill frames
+//! each; only the HTTP sink joins them (into its gzip stream or request body).
+
+use super::Record;
+use std::io::IoSlice;
 
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    data: Vec<u8>,
-    ends: Vec<usize>,
+    records: Vec<Record>,
+    bytes: usize,
 }
 
 impl Batch {
@@ -13,46 +17,52 @@ impl Batch {
         Batch::default()
     }
 
-    /// An empty batch with room for one like `like`, so filling it does not reallocate and
-    /// copy as it grows.
+    /// An empty batch with room for as many records as `like`.
     pub fn sized_like(like: &Batch) -> Batch {
         Batch {
-            data: Vec::with_capacity(like.data.len()),
-            ends: Vec::with_capacity(like.ends.len()),
+            records: Vec::with_capacity(like.records.len()),
+            bytes: 0,
         }
     }
 
-    /// Adds one already-encoded record (with its newline).
+    /// Adds one encoded record (with its newline), without copying it.
+    pub fn push(&mut self, record: Record) {
+        self.bytes += record.len();
+        self.records.push(record);
+    }
+
+    /// Adds a copy of one encoded record (with its newline).
     pub fn push_raw(&mut self, record: &[u8]) {
-        self.data.extend_from_slice(record);
-        self.ends.push(self.data.len());
+        self.push(record.to_vec());
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.records.is_empty()
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// The JSON Lines body.
-    pub fn data(&self) -> &[u8] {
-        &self.data
+        self.bytes
     }
 
     /// Each record with its trailing newline.
-    pub fn records(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let r = &self.data[start..end];
-            start = end;
-            r
-        })
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.records.iter().map(Vec::as_slice)
+    }
+
+    /// The records as the slices of one vectored write (the JSON Lines body, in order).
+    pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
+        self.records().map(IoSlice::new).collect()
+    }
+
+    /// The JSON Lines body in one buffer.
+    pub fn concat(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.bytes);
+        self.records().for_each(|r| body.extend_from_slice(r));
+        body
     }
 }
 
@@ -102,5 +112,7 @@ mod tests {
             ]
         );
         assert_eq!(b.records().map(<[u8]>::len).sum::<usize>(), b.bytes());
+        assert_eq!(b.concat(), b.records().collect::<Vec<_>>().concat());
+        assert_eq!(b.io_slices().iter().map(|s| s.len()).sum::<usize>(), b.bytes());
     }
 }

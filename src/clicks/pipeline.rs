@@ -293,7 +293,7 @@ async fn batcher(
                 for _ in 0..cfg.batch_max_records.max(1) * 4 {
                     match rx.try_recv() {
                         Ok(record) => {
-                            batch.push_raw(&record);
+                            batch.push(record);
                             oldest.get_or_insert_with(tokio::time::Instant::now);
                             if batch.len() >= cfg.batch_max_records || batch.bytes() >= cfg.batch_max_bytes {
                                 flush(&mut batch, rx.len());
