@@ -46,7 +46,7 @@ fn make_app(n: usize) -> (Arc<App>, clicks::Pipeline) {
         ));
         text.push('\n');
     }
-    let table = links::parse(&text, "bench").unwrap();
+    let table = links::parse(&text, "bench", &settings.secrets.keys).unwrap();
     let metrics = Metrics::new();
     let sink = SinkSettings::File {
         dir: dir.join("clicks"),

@@ -18,7 +18,7 @@ pub fn settings(config: &Path, explicit: bool) -> anyhow::Result<Settings> {
 /// `cartlink check`: config, links file and geo database; the first problem and where.
 pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
     let s = settings(config, explicit)?;
-    let table = links::load(&s.links)?;
+    let table = links::load(&s.links, &s.secrets.keys)?;
     let view = crate::state::View::from_settings(&s).map_err(anyhow::Error::msg)?;
     let geo = match (&view.geo, &s.geoip) {
         (Some(db), Some(path)) => format!(", geo database {} ({})", path.display(), db.database_type()),
@@ -35,7 +35,7 @@ pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
 /// `cartlink mint`: public signed URLs.
 pub fn mint(config: &Path, explicit: bool, id: Option<&str>, sub: Option<&str>, all: bool) -> anyhow::Result<String> {
     let s = settings(config, explicit)?;
-    let table = links::load(&s.links)?;
+    let table = links::load(&s.links, &s.secrets.keys)?;
     let url_for = |id: &str| -> String {
         let mut u = s.public_base_url.clone();
         let token = format!("{id}.{}", s.secrets.keys.sign(id));
@@ -68,7 +68,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         tracing::warn!("CARTLINK_SIGNING_KEYS is not set: signing with the PUBLIC DEMO KEY. Anyone can mint links. Never run this in production.");
     }
     let started = Instant::now();
-    let table: LinkTable = links::load(&s.links)?;
+    let table: LinkTable = links::load(&s.links, &s.secrets.keys)?;
     tracing::info!(links = table.len(), ms = started.elapsed().as_millis() as u64, file = %s.links.display(), "links loaded");
 
     let metrics = Metrics::new();

@@ -166,7 +166,7 @@ impl App {
         let mut src = self.reload.lock().expect("reload lock");
         let result = (|| {
             let settings = Config::load(&src.config_path, src.explicit, env)?.validate(env)?;
-            let table = in_background(|| links::load(&settings.links).map(|t| self.inherit(t)))?;
+            let table = in_background(|| links::load(&settings.links, &src.keys).map(|t| self.inherit(t)))?;
             let view = View::from_settings(&settings).map_err(ReloadError::Other)?;
             Ok::<_, ReloadError>((settings, table, view))
         })();
@@ -180,7 +180,7 @@ impl App {
     /// first so a later reload or restart serves the same table.
     pub fn replace_links(&self, text: &str) -> Result<u64, ReloadError> {
         let src = self.reload.lock().expect("reload lock");
-        let table = in_background(|| links::parse(text, "request body").map(|t| self.inherit(t)));
+        let table = in_background(|| links::parse(text, "request body", &src.keys).map(|t| self.inherit(t)));
         let table = table.map_err(ReloadError::from);
         let table = self.counted(table)?;
         let tmp = src.links_path.with_extension("jsonl.tmp");

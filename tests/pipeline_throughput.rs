@@ -16,6 +16,7 @@ fn link() -> Arc<cartlink::links::Link> {
     let table = cartlink::links::parse(
         r#"{"id":"jane-serum","creator":"jane","campaign":"summer26","target":{"type":"url","url":"https://brand.example/p"}}"#,
         "bench",
+        &cartlink::links::signature::KeyRing::parse(cartlink::config::DEMO_SIGNING_KEYS).unwrap(),
     )
     .unwrap();
     table.get(b"jane-serum").unwrap().clone()

@@ -34,7 +34,7 @@ fn fixture() -> &'static Fixture {
         let mut cfg = Config::default();
         cfg.trusted_proxies = vec!["10.0.0.0/8".into()];
         let settings = cfg.validate(&env).expect("valid settings");
-        let table = cartlink::links::parse(LINKS, "fuzz").expect("valid links");
+        let table = cartlink::links::parse(LINKS, "fuzz", &settings.secrets.keys).expect("valid links");
         let metrics = Metrics::new();
         let dir = std::env::temp_dir().join(format!("cartlink-fuzz-{}", std::process::id()));
         let sink = SinkSettings::File { dir: dir.join("clicks") };

@@ -244,7 +244,7 @@ mod tests {
     fn link(creator: &str, campaign: &str) -> std::sync::Arc<Link> {
         let line = json!({"id": "ab-1", "creator": creator, "campaign": campaign,
             "target": {"type": "url", "url": "https://a.example/"}});
-        let table = crate::links::parse(&line.to_string(), "t").unwrap();
+        let table = crate::links::parse(&line.to_string(), "t", &crate::links::signature::demo()).unwrap();
         table.get(b"ab-1").unwrap().clone()
     }
 

@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn attribution_three_ways_and_commission_to_the_cent() {
-        let table = crate::links::parse(LINKS, "t").unwrap();
+        let table = crate::links::parse(LINKS, "t", &crate::links::signature::demo()).unwrap();
         let w = Webhooks::new(&["s".into()]);
         let paid = |id: u64, extra: &str| {
             format!(r#"{{"id":{id},"currency":"USD","current_subtotal_price":"19.95",{extra}"note":null}}"#)

@@ -131,7 +131,7 @@ mod tests {
         let line = format!(
             r#"{{"id":"{id}","creator":"c","campaign":"k","target":{{"type":"url","url":"https://a.example/"}}}}"#
         );
-        super::super::parse(&line, "t")
+        super::super::parse(&line, "t", &super::super::signature::demo())
             .unwrap()
             .get(id.as_bytes())
             .unwrap()

@@ -13,6 +13,7 @@ use config::{LinkConfig, StatusConfig, TargetConfig};
 use destination::{render, LinkParams};
 pub use destination::{Destination, TargetType, CLICK_ID_LEN, FORWARDABLE};
 use rustc_hash::FxHashMap;
+use signature::KeyRing;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
@@ -20,6 +21,9 @@ use std::sync::{mpsc, Arc};
 /// One validated link, ready to serve.
 #[derive(Debug)]
 pub struct Link {
+    /// The URL's signature (`/{id}.{sig}`) under the signing key, rendered at load time: a
+    /// request under that key compares 16 bytes instead of computing an HMAC.
+    pub sig: [u8; signature::SIG_CHARS],
     /// Kept inline (up to 24 bytes) so comparing it during a lookup touches no other memory
     /// than the link itself.
     pub id: compact_str::CompactString,
@@ -260,7 +264,7 @@ fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| "`expires_at` is before 1970".to_string())
 }
 
-fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
+fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Link, String> {
     if !valid_id(&raw.id) {
         return Err(format!(
             "id `{}` must be 1-64 of [A-Za-z0-9_-]",
@@ -369,6 +373,7 @@ fn build(raw: LinkConfig, interner: &mut Interner) -> Result<Link, String> {
         None
     };
     Ok(Link {
+        sig: keys.link_sig(&raw.id),
         id: raw.id.into(),
         creator: interner.get(&raw.creator),
         campaign: interner.get(&raw.campaign),
@@ -408,9 +413,10 @@ struct Piece {
     lines: usize,
 }
 
-/// Parses and validates JSON Lines text. `name` is what errors call the file.
-pub fn parse(text: &str, name: &str) -> Result<LinkTable, LoadError> {
-    parse_bytes(text.as_bytes(), name)
+/// Parses and validates JSON Lines text. `name` is what errors call the file; `keys` sign
+/// each link's URL (see [`Link::sig`]).
+pub fn parse(text: &str, name: &str, keys: &KeyRing) -> Result<LinkTable, LoadError> {
+    parse_bytes(text.as_bytes(), name, keys)
 }
 
 /// Splits `data` after line ends into up to `n` pieces of at least `min` bytes each.
@@ -432,7 +438,7 @@ fn pieces(data: &[u8], n: usize, min: usize) -> Vec<&[u8]> {
 
 /// One thread's share: every line of `piece`, numbered from 1 within the piece. Each link's
 /// `Arc` is allocated here, so the merge on the calling thread only moves pointers.
-fn parse_piece(piece: &[u8], name: &str) -> Piece {
+fn parse_piece(piece: &[u8], name: &str, keys: &KeyRing) -> Piece {
     let mut interner = Interner::default();
     let mut out = Piece {
         bytes: piece.len(),
@@ -449,7 +455,7 @@ fn parse_piece(piece: &[u8], name: &str) -> Piece {
             Ok("") => continue,
             Ok(text) => serde_json::from_str::<LinkConfig>(text)
                 .map_err(|e| e.to_string())
-                .and_then(|raw| build(raw, &mut interner)),
+                .and_then(|raw| build(raw, &mut interner, keys)),
             Err(_) => Err("not UTF-8".to_string()),
         };
         match res {
@@ -465,10 +471,10 @@ fn parse_piece(piece: &[u8], name: &str) -> Piece {
     out
 }
 
-fn parse_bytes(data: &[u8], name: &str) -> Result<LinkTable, LoadError> {
+fn parse_bytes(data: &[u8], name: &str, keys: &KeyRing) -> Result<LinkTable, LoadError> {
     let threads = parser_threads();
     // More pieces than threads, so the merge below overlaps with the parsing of later pieces.
-    parse_in_pieces(data, name, pieces(data, threads * 4, MIN_PIECE_BYTES), threads)
+    parse_in_pieces(data, name, keys, pieces(data, threads * 4, MIN_PIECE_BYTES), threads)
 }
 
 fn parser_threads() -> usize {
@@ -476,14 +482,20 @@ fn parser_threads() -> usize {
 }
 
 /// Parses text already in memory, cut into `pieces`, on `threads` threads.
-fn parse_in_pieces(data: &[u8], name: &str, pieces: Vec<&[u8]>, threads: usize) -> Result<LinkTable, LoadError> {
+fn parse_in_pieces(
+    data: &[u8],
+    name: &str,
+    keys: &KeyRing,
+    pieces: Vec<&[u8]>,
+    threads: usize,
+) -> Result<LinkTable, LoadError> {
     if let [piece] = pieces[..] {
         // One piece (files up to 8 MiB, admin uploads of that size): no thread to start.
         let mut merge = Merge::new(Text::Bytes(data), name, data.len());
-        merge.add(parse_piece(piece, name));
+        merge.add(parse_piece(piece, name, keys));
         return merge.finish();
     }
-    parse_in_parallel(Text::Bytes(data), name, data.len(), threads, move |jobs, _| {
+    parse_in_parallel(Text::Bytes(data), name, keys, data.len(), threads, move |jobs, _| {
         for (i, piece) in pieces.into_iter().enumerate() {
             if jobs.send((i, Chunk::Slice(piece))).is_err() {
                 break;
@@ -524,6 +536,7 @@ type Jobs<'a> = mpsc::Sender<(usize, Chunk<'a>)>;
 fn parse_in_parallel<'a, F>(
     text: Text<'a>,
     name: &str,
+    keys: &KeyRing,
     bytes: usize,
     threads: usize,
     feed: F,
@@ -541,7 +554,7 @@ where
             s.spawn(move || loop {
                 let next = job_rx.lock().expect("links parser panicked").recv();
                 let Ok((i, chunk)) = next else { return };
-                let piece = parse_piece(chunk.bytes(), name);
+                let piece = parse_piece(chunk.bytes(), name, keys);
                 if let Chunk::Buf(buf, _) = chunk {
                     let _ = spent.send(buf);
                 }
@@ -719,7 +732,7 @@ fn cannot_read(name: &str, e: std::io::Error) -> LoadError {
 /// Reads and parses a links file. A large one is read in chunks into a few reused buffers
 /// while earlier chunks are parsed: a 10M-link file is 2.6 GB, and holding it whole cost that
 /// much fresh memory besides the table.
-pub fn load(path: &Path) -> Result<LinkTable, LoadError> {
+pub fn load(path: &Path, keys: &KeyRing) -> Result<LinkTable, LoadError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| cannot_read(&name, e))?;
     let meta = file.metadata().map_err(|e| cannot_read(&name, e))?;
@@ -727,9 +740,9 @@ pub fn load(path: &Path) -> Result<LinkTable, LoadError> {
     // Small files, pipes and the like: one plain read to the end.
     if !meta.is_file() || len < 2 * MIN_PIECE_BYTES {
         let data = std::fs::read(path).map_err(|e| cannot_read(&name, e))?;
-        return parse_bytes(&data, &name);
+        return parse_bytes(&data, &name, keys);
     }
-    load_in_chunks(file, len, path, &name, CHUNK_BYTES, parser_threads())
+    load_in_chunks(file, len, path, &name, keys, CHUNK_BYTES, parser_threads())
 }
 
 /// How much of a large file each parser thread takes at a time.
@@ -740,12 +753,13 @@ fn load_in_chunks(
     len: usize,
     path: &Path,
     name: &str,
+    keys: &KeyRing,
     chunk: usize,
     threads: usize,
 ) -> Result<LinkTable, LoadError> {
     // Enough buffers that every parser has one while the next is being read.
     let buffers = threads + 2;
-    parse_in_parallel(Text::File(path), name, len, threads, move |jobs, spent| {
+    parse_in_parallel(Text::File(path), name, keys, len, threads, move |jobs, spent| {
         read_chunks(file, len, chunk, buffers, jobs, spent)
     })
 }
@@ -824,6 +838,10 @@ fn read_chunks(
 mod tests {
     use super::*;
 
+    fn keys() -> KeyRing {
+        signature::demo()
+    }
+
     fn line(id: &str) -> String {
         format!(
             r#"{{"id":"{id}","creator":"c","campaign":"k","discount":"code-{id}","target":{{"type":"url","url":"https://a.example/{id}"}}}}"#
@@ -879,7 +897,7 @@ mod tests {
     #[test]
     fn many_pieces_number_lines_and_find_duplicates_as_one_piece_does() {
         let text = mixed_lines(false);
-        let whole = outcome(parse_in_pieces(text.as_bytes(), "f", vec![text.as_bytes()], 1));
+        let whole = outcome(parse_in_pieces(text.as_bytes(), "f", &keys(), vec![text.as_bytes()], 1));
         let want = Err(vec![
             "14: EOF while parsing an object at line 1 column 14".to_string(),
             "22: duplicate id `l3` (first on line 4)".to_string(),
@@ -888,16 +906,16 @@ mod tests {
         for threads in 1..4 {
             for min in [1, 50, 300] {
                 let split = pieces(text.as_bytes(), 64, min);
-                let got = outcome(parse_in_pieces(text.as_bytes(), "f", split, threads));
+                let got = outcome(parse_in_pieces(text.as_bytes(), "f", &keys(), split, threads));
                 assert_eq!(got, want, "threads={threads} min={min}");
             }
         }
         // Without the bad lines, every link is in the table, whichever way it was split.
         let good = good_lines(&text);
         let split = pieces(good.as_bytes(), 64, 1);
-        let ids = outcome(parse_in_pieces(good.as_bytes(), "f", split, 3)).unwrap();
+        let ids = outcome(parse_in_pieces(good.as_bytes(), "f", &keys(), split, 3)).unwrap();
         assert_eq!(ids.len(), 36);
-        let table = parse(&good, "f").unwrap();
+        let table = parse(&good, "f", &keys()).unwrap();
         assert_eq!(&*table.by_discount("CODE-L0").unwrap().id, "l0");
     }
 
@@ -910,7 +928,7 @@ mod tests {
         ));
         std::fs::write(&path, text).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let got = outcome(load_in_chunks(file, text.len(), &path, "f", chunk, threads));
+        let got = outcome(load_in_chunks(file, text.len(), &path, "f", &keys(), chunk, threads));
         std::fs::remove_file(&path).unwrap();
         got
     }
@@ -921,7 +939,7 @@ mod tests {
         let good = good_lines(&text);
         let unended = good.trim_end().to_string();
         for text in [&text, &good, &unended] {
-            let want = outcome(parse_in_pieces(text.as_bytes(), "f", vec![text.as_bytes()], 1));
+            let want = outcome(parse_in_pieces(text.as_bytes(), "f", &keys(), vec![text.as_bytes()], 1));
             for chunk in [1, 50, 333, 4096, 1 << 20] {
                 for threads in [1, 3] {
                     assert_eq!(
@@ -948,7 +966,7 @@ mod tests {
         }
         let path = std::env::temp_dir().join(format!("cartlink-large-{}.jsonl", std::process::id()));
         std::fs::write(&path, &text).unwrap();
-        let table = load(&path).unwrap();
+        let table = load(&path, &keys()).unwrap();
         assert_eq!(table.len(), i);
         assert_eq!(
             &*table.get(format!("l{}", i - 1).as_bytes()).unwrap().id,
@@ -956,7 +974,7 @@ mod tests {
         );
         // A duplicate of the first line, last: its line and the first one's, past every chunk edge.
         std::fs::write(&path, format!("{text}{}\n", line("l0"))).unwrap();
-        let errors = outcome(load(&path)).unwrap_err();
+        let errors = outcome(load(&path, &keys())).unwrap_err();
         assert_eq!(errors, vec![format!("{}: duplicate id `l0` (first on line 1)", i + 1)]);
         std::fs::remove_file(&path).unwrap();
     }
@@ -968,7 +986,7 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         for len in [text.len() - 1, text.len() + 1] {
             let file = std::fs::File::open(&path).unwrap();
-            let err = load_in_chunks(file, len, &path, "f", 100, 2).unwrap_err();
+            let err = load_in_chunks(file, len, &path, "f", &keys(), 100, 2).unwrap_err();
             assert!(err.0[0].reason.contains("the file changed while being read"), "{err}");
         }
         std::fs::remove_file(&path).unwrap();
@@ -977,7 +995,7 @@ mod tests {
     #[test]
     fn a_lookup_started_early_finds_what_get_finds_even_when_hashes_collide() {
         let text: String = ["a", "b", "c"].iter().map(|id| line(id) + "\n").collect();
-        let parsed = parse(&text, "f").unwrap();
+        let parsed = parse(&text, "f", &keys()).unwrap();
         // First under b's hash, an entry that holds a: a lookup of b meets it before b's own,
         // and only the link whose id matches may come back.
         let mut table = LinkTable::default();
@@ -1004,7 +1022,14 @@ mod tests {
     #[test]
     fn a_file_appended_to_itself_reports_the_first_duplicates_only() {
         let text: String = (0..3000).map(|i| line(&format!("l{}", i % 100)) + "\n").collect();
-        let errors = outcome(parse_in_pieces(text.as_bytes(), "f", pieces(text.as_bytes(), 8, 1), 2)).unwrap_err();
+        let errors = outcome(parse_in_pieces(
+            text.as_bytes(),
+            "f",
+            &keys(),
+            pieces(text.as_bytes(), 8, 1),
+            2,
+        ))
+        .unwrap_err();
         assert_eq!(errors.len(), MAX_REPORTED);
         assert_eq!(errors[0], "101: duplicate id `l0` (first on line 1)");
         assert_eq!(errors[19], "120: duplicate id `l19` (first on line 20)");

@@ -91,8 +91,16 @@ impl KeyRing {
 
     /// The public signature of a link id under the signing (first) key.
     pub fn sign(&self, id: &str) -> String {
+        String::from_utf8(self.link_sig(id).to_vec()).expect("base64 is ASCII")
+    }
+
+    /// [`KeyRing::sign`] as the bytes a URL carries, for a link to keep beside its id.
+    pub fn link_sig(&self, id: &str) -> [u8; SIG_CHARS] {
         let tag = hmac::sign(&self.keys[0].link, id.as_bytes());
-        URL_SAFE_NO_PAD.encode(&tag.as_ref()[..TAG_LEN])
+        let mut out = [0u8; SIG_CHARS];
+        let n = URL_SAFE_NO_PAD.encode_slice(&tag.as_ref()[..TAG_LEN], &mut out);
+        debug_assert_eq!(n, Ok(SIG_CHARS));
+        out
     }
 
     /// True when `sig` (raw path bytes) is the signature of `id` under any key of the ring.
@@ -113,6 +121,12 @@ impl KeyRing {
             ok |= tag.as_ref()[..TAG_LEN].ct_eq(&given);
         }
         ok.into()
+    }
+
+    /// True when `sig` is `expected` (a [`KeyRing::link_sig`]), compared in constant time.
+    /// The same spelling as [`KeyRing::verify`] accepts under the signing key, without an HMAC.
+    pub fn is_link_sig(expected: &[u8; SIG_CHARS], sig: &[u8]) -> bool {
+        expected[..].ct_eq(sig).into()
     }
 
     /// MAC for an attribution cookie under the signing key.
@@ -138,6 +152,12 @@ fn cookie_mac(key: &hmac::Key, msg: &[&[u8]]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&ctx.sign().as_ref()[..16]);
     out
+}
+
+/// The demo key ring, for tests that need links signed by something.
+#[cfg(test)]
+pub(crate) fn demo() -> KeyRing {
+    KeyRing::parse(crate::config::DEMO_SIGNING_KEYS).expect("demo keys parse")
 }
 
 impl SigningKey {
@@ -177,6 +197,26 @@ mod tests {
         assert!(!old.verify(b"jane-seruM", sig_old.as_bytes()));
         assert!(!old.verify(b"jane-serum", &sig_old.as_bytes()[..15]));
         assert!(!old.verify(b"jane-serum", b""));
+    }
+
+    #[test]
+    fn a_kept_signature_accepts_what_verify_accepts_under_the_signing_key() {
+        let ring = KeyRing::parse(&format!("{K2},{K1}")).unwrap();
+        let kept = ring.link_sig("jane-serum");
+        assert_eq!(&kept[..], ring.sign("jane-serum").as_bytes());
+        assert!(KeyRing::is_link_sig(&kept, &kept));
+        let mut other = kept;
+        for i in 0..SIG_CHARS {
+            other[i] = if kept[i] == b'A' { b'B' } else { b'A' };
+            assert!(!KeyRing::is_link_sig(&kept, &other), "byte {i}");
+            other[i] = kept[i];
+        }
+        assert!(!KeyRing::is_link_sig(&kept, &kept[..15]));
+        assert!(!KeyRing::is_link_sig(&kept, b""));
+        // An older key's signature is not the kept one; verify still takes it.
+        let old = KeyRing::parse(K1).unwrap().sign("jane-serum");
+        assert!(!KeyRing::is_link_sig(&kept, old.as_bytes()));
+        assert!(ring.verify(b"jane-serum", old.as_bytes()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The public request path, top to bottom: parse `/{id}.{sig}`, verify the signature, look the
-//! link up, pick its destination, fill in the click ID, attribution cookie and forwarded
+//! The public request path, top to bottom: parse `/{id}.{sig}`, look the link up and check
+//! the signature against the one it was loaded with (an HMAC only when that fails), pick its destination, fill in the click ID, attribution cookie and forwarded
 //! extras, answer, and hand the click record to the pipeline without waiting.
 //!
 //! Everything that can be rendered ahead is rendered at load time (see `links::destination`);
@@ -18,6 +18,7 @@ use crate::clicks::Device;
 use crate::clicks::{Click, Served};
 use crate::config::CookiePolicy;
 use crate::links::destination::Extras;
+use crate::links::signature::KeyRing;
 use crate::links::stock::StockOutcome;
 use crate::links::{Destination, Link, CLICK_ID_LEN, FORWARDABLE};
 use crate::state::{App, Snapshot, View};
@@ -68,14 +69,9 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         m.signature.malformed.increment(1);
         return not_found(app);
     };
-    // The table is in memory but rarely in cache: its slot is fetched while the signature is
-    // checked, and the link itself while the visitor is looked at.
+    // The table is in memory but rarely in cache: its slot is fetched while the client and its
+    // agent are read, and the link itself while the unique filter is hashed.
     let pending = snap.links.start_get(id);
-    if !snap.keys.verify(id, sig) {
-        m.signature.bad_mac.increment(1);
-        return not_found(app);
-    }
-    let pending = pending.fetch();
 
     // Who: the client behind the CDN, bot or human, device, country.
     let view = &*snap.view;
@@ -84,15 +80,29 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let ua = audience::user_agent(headers);
     let ua_hash = audience::agent::hash(ua);
     let agent = audience::agent::of(ua, ua_hash);
+    let pending = pending.fetch();
     let bot = is_head || agent.bot || audience::is_prefetch(headers);
     // Humans' place in the unique filter is fetched while the rest of the answer is built. The
-    // id is the URL's, which is the link's once `finish` finds it.
+    // id is the URL's, which is the link's once the signature holds.
     let visit = (!bot).then(|| app.unique.find(client, ua_hash, id));
     let device = agent.device;
 
-    let Some(link) = pending.finish() else {
-        m.signature.unknown_link.increment(1);
-        return not_found(app);
+    // Each link keeps its URL's signature under the signing key, so a genuine URL costs a
+    // 16-byte compare. Anything else (an older key's URL, a forgery, an id not in the table)
+    // gets the HMAC under every key, so a 404 does not tell which part was wrong.
+    let link = match pending.finish() {
+        Some(link) if KeyRing::is_link_sig(&link.sig, sig) => link,
+        found => {
+            if !snap.keys.verify(id, sig) {
+                m.signature.bad_mac.increment(1);
+                return not_found(app);
+            }
+            let Some(link) = found else {
+                m.signature.unknown_link.increment(1);
+                return not_found(app);
+            };
+            link
+        }
     };
     // The URL, creator and campaign live apart from the link: they are fetched while the
     // country is looked up, before the cookie and the record copy them.
@@ -465,7 +475,7 @@ mod tests {
 
     #[test]
     fn ab_split_follows_weights_and_sticks() {
-        let table = crate::links::parse(LINE, "t").unwrap();
+        let table = crate::links::parse(LINE, "t", &crate::links::signature::demo()).unwrap();
         let link = table.get(b"ab").unwrap();
         let mut counts = [0u32; 3];
         let n = 100_000u32;
