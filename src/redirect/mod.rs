@@ -69,8 +69,8 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         m.signature.malformed.increment(1);
         return not_found(app);
     };
-    // The table is in memory but rarely in cache: its slot is fetched while the client and its
-    // agent are read, and the link itself while the unique filter is hashed.
+    // The table is in memory but rarely in cache: its slot is fetched while the visitor is
+    // looked at, and the link itself while the click ID is made.
     let pending = snap.links.start_get(id);
 
     // Who: the client behind the CDN, bot or human, device, country.
@@ -80,12 +80,15 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     let ua = audience::user_agent(headers);
     let ua_hash = audience::agent::hash(ua);
     let agent = audience::agent::of(ua, ua_hash);
-    let pending = pending.fetch();
     let bot = is_head || agent.bot || audience::is_prefetch(headers);
     // Humans' place in the unique filter is fetched while the rest of the answer is built. The
     // id is the URL's, which is the link's once the signature holds.
     let visit = (!bot).then(|| app.unique.find(client, ua_hash, id));
     let device = agent.device;
+    let country = country(view, peer, client, headers);
+    let pending = pending.fetch();
+    // Attribution: a new click ID for every GET; the cookie and cart carry it for humans.
+    let click_id = new_click_id(now_ms);
 
     // Each link keeps its URL's signature under the signing key, so a genuine URL costs a
     // 16-byte compare. Anything else (an older key's URL, a forgery, an id not in the table)
@@ -105,11 +108,10 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         }
     };
     // The URL, creator and campaign live apart from the link: they are fetched while the
-    // country is looked up, before the cookie and the record copy them.
+    // destination is chosen, before the cookie and the record copy them.
     link.target.prefetch();
     crate::links::prefetch(link.creator.as_ptr(), 1);
     crate::links::prefetch(link.campaign.as_ptr(), 1);
-    let country = country(view, peer, client, headers);
     let (mut dest, mut served) = choose(
         &snap,
         link,
@@ -149,8 +151,6 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         _ => link.redirect,
     };
 
-    // Attribution: a new click ID for every GET; the cookie and cart carry it for humans.
-    let click_id = new_click_id(now_ms);
     let mut attributed_to = None;
     let mut set_cookie = None;
     if !bot {
