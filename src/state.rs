@@ -130,10 +130,8 @@ impl App {
         };
         metrics.config_generation.set(1.0);
         metrics.links_loaded.set(snapshot.links.len() as f64);
-        let snapshot = Arc::new(snapshot);
-        to_huge_pages_in_background(snapshot.clone());
         Ok(App {
-            state: ArcSwap::new(snapshot),
+            state: ArcSwap::from_pointee(snapshot),
             recorder,
             metrics,
             unique: UniqueFilter::new(
@@ -221,8 +219,7 @@ impl App {
             view: view.unwrap_or_else(|| old.view.clone()),
         });
         drop(old);
-        let old = self.state.swap(new.clone());
-        to_huge_pages_in_background(new);
+        let old = self.state.swap(new);
         // Free the old table on a thread of its own, not on a serving thread: a request still
         // holding it would otherwise drop the last reference and free a million links between
         // two answers. Not waited for: the reload is done once the new table serves.
@@ -242,26 +239,6 @@ impl App {
         tracing::info!(generation, links, "links table swapped");
         generation
     }
-}
-
-/// Moves a newly installed table onto huge pages at idle priority (see `links::huge`), while it
-/// already serves. The thread's reference keeps the table alive until it is done; if the table
-/// was replaced meanwhile, this thread frees it, off the serving path.
-fn to_huge_pages_in_background(snapshot: Arc<Snapshot>) {
-    let _ = std::thread::Builder::new()
-        .name("links-huge-pages".into())
-        .spawn(move || {
-            idle_priority();
-            let started = std::time::Instant::now();
-            let regions = snapshot.links.to_huge_pages();
-            let ms = started.elapsed().as_millis() as u64;
-            tracing::debug!(
-                regions,
-                ms,
-                generation = snapshot.generation,
-                "links moved onto huge pages"
-            );
-        });
 }
 
 /// Runs a reload's parsing on its own thread under `SCHED_IDLE` (the parser's threads inherit

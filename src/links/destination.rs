@@ -102,11 +102,6 @@ pub struct Destination {
 
 impl Destination {
     /// Starts loading the URL's first bytes into the cache (see [`super::prefetch`]).
-    /// Where the URL is in memory.
-    pub(crate) fn addr(&self) -> usize {
-        self.url.as_ptr() as usize
-    }
-
     pub fn prefetch(&self) {
         super::prefetch(self.url.as_ptr(), self.url.len().min(192));
     }

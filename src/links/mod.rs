@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod destination;
-mod huge;
 mod index;
 pub mod signature;
 pub mod stock;
@@ -190,13 +189,6 @@ impl LinkTable {
             candidate: None,
         }
     }
-    /// Moves the links and their URLs onto huge pages (see `huge`); slow (a few milliseconds
-    /// per 2 MiB), so it runs off the serving path after the table is installed. Returns how
-    /// many 2 MiB regions were collapsed.
-    pub fn to_huge_pages(&self) -> usize {
-        huge::collapse(self.iter().flat_map(|l| [Arc::as_ptr(l) as usize, l.target.addr()]))
-    }
-
     pub fn len(&self) -> usize {
         self.links.len()
     }
