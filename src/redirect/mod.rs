@@ -1,5 +1,6 @@
 //! The public request path, top to bottom: parse `/{id}.{sig}`, look the link up and check
-//! the signature against the one it was loaded with (an HMAC only when that fails), pick its destination, fill in the click ID, attribution cookie and forwarded
+//! the signature against the one it was loaded with (an HMAC only when that fails), pick its
+//! destination, fill in the click ID, attribution cookie and forwarded
 //! extras, answer, and hand the click record to the pipeline without waiting.
 //!
 //! Everything that can be rendered ahead is rendered at load time (see `links::destination`);
