@@ -224,3 +224,43 @@ fn reload_under_load_fails_no_request() {
     assert!(r.body_text().contains("request body:2:"), "{}", r.body_text());
     assert_eq!(s.metric("cartlink_config_generation"), 101.0);
 }
+
+/// Sum of `AnonHugePages` over the process's mappings, in kB.
+fn huge_kb(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    smaps
+        .lines()
+        .filter_map(|l| l.strip_prefix("AnonHugePages:"))
+        .map(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn long_links(n: usize, tag: &str) -> String {
+    let pad = "p".repeat(700);
+    (0..n)
+        .map(|i| link(&format!("{tag}{i}"), &format!("https://shop.example/{tag}/{i}?{pad}")) + "\n")
+        .collect()
+}
+
+/// The links (not only their index) are read at random by every redirect: the served
+/// process keeps them on huge pages, from the first load and after a reload.
+#[test]
+fn the_links_table_is_on_huge_pages_after_load_and_reload() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        eprintln!("transparent huge pages off here: not checked");
+        return;
+    }
+    // 30k links of ~800 bytes: ~24 MiB of links, against a 1 MiB slot array.
+    let s = Server::start("reload-huge", &long_links(30_000, "a"), &[]);
+    let pid = s.child.id();
+    let first = huge_kb(pid);
+    assert!(first >= 12 << 10, "AnonHugePages {first} kB after load");
+    std::fs::write(s.dir.join("links.jsonl"), long_links(30_000, "b")).unwrap();
+    s.signal("HUP");
+    wait_for("the reload", || s.metric("cartlink_config_generation") == 2.0);
+    assert_eq!(s.get(&path_for("b29999"), &[("User-Agent", IPHONE)]).status, 302);
+    assert_eq!(s.get(&path_for("a1"), &[("User-Agent", IPHONE)]).status, 404);
+    let after = huge_kb(pid);
+    assert!(after >= 12 << 10, "AnonHugePages {after} kB after the reload");
+}

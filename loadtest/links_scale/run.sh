@@ -32,7 +32,8 @@ ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$WORK/out")
 LOAD_MS=$(sed -n 's/.*links loaded.*ms=\([0-9]*\).*/\1/p' "$WORK/err" | head -1)
 RSS_KB=$(awk '/VmRSS/{print $2}' /proc/$PID/status)
 echo "load (parse+validate+render+index): ${LOAD_MS} ms; process start to listening: $(echo "($READY-$START)*1000/1" | bc) ms"
-echo "RSS after load: $((RSS_KB/1024)) MiB"
+huge_mib() { awk '/AnonHugePages/{s+=$2} END{print int(s/1024)}' /proc/$PID/smaps; }
+echo "RSS after load: $((RSS_KB/1024)) MiB, of which on huge pages: $(huge_mib) MiB"
 
 cp "$WORK/links2.jsonl" "$WORK/links.jsonl"
 T0=$(date +%s.%N)
@@ -44,7 +45,7 @@ RSS2_KB=$(awk '/VmRSS/{print $2}' /proc/$PID/status)
 HWM_KB=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
 echo "hot swap of $N links via SIGHUP: ${SWAP_MS} ms; RSS after swap $((RSS2_KB/1024)) MiB, peak $((HWM_KB/1024)) MiB"
 sleep 20  # the old table is freed in the background
-echo "RSS 20 s after the swap: $(( $(awk '/VmRSS/{print $2}' /proc/$PID/status) / 1024 )) MiB"
+echo "RSS 20 s after the swap: $(( $(awk '/VmRSS/{print $2}' /proc/$PID/status) / 1024 )) MiB, on huge pages: $(huge_mib) MiB"
 
 LOAD_LIMIT=$(( N > 1000000 ? 3000 * N / 1000000 : 3000 ))
 RSS_LIMIT=$(( N > 1000000 ? 600 * N / 1000000 : 600 ))

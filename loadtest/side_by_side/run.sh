@@ -8,6 +8,8 @@
 #   loadtest/side_by_side/run.sh            # N=100000 links, 3 rounds of 8 s
 #   N=1000000 ROUNDS=5 loadtest/side_by_side/run.sh
 #   CARTLINK_BIN=/tmp/other/cartlink loadtest/side_by_side/run.sh   # that binary, no build
+#   CARTLINK_BIN_B=/tmp/base/cartlink loadtest/side_by_side/run.sh  # A/B: a second cartlink,
+#                                   # measured in the same rounds (right after the first)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -25,13 +27,16 @@ bench_floor
 bench_links
 cat > "$WORK/cartlink.sh" <<SH
 #!/usr/bin/env bash
-cd $ROOT && ROOT=$ROOT WORK=$WORK && source loadtest/lib.sh && bench_env "\$1" && exec $BIN serve
+cd $ROOT && ROOT=$ROOT WORK=$WORK && source loadtest/lib.sh && bench_env "\$1"
+[ "\$1" = 18100 ] || export CARTLINK_SINK=file://$WORK/clicks-\$1 CARTLINK_DATA_DIR=$WORK/data-\$1
+exec "\$2" serve
 SH
 chmod +x "$WORK/cartlink.sh"
 python3 "$BENCH/side-by-side" --paths "$WORK/paths.txt" --rounds "$ROUNDS" --duration "$DURATION" \
   --header "User-Agent: $BENCH_UA" --header "X-Forwarded-For: $BENCH_XFF" \
   --json "${JSON:-/tmp/cartlink-side-by-side.json}" \
-  --target cartlink 18100 "$WORK/cartlink.sh 18100" \
+  --target cartlink 18100 "$WORK/cartlink.sh 18100 $BIN" \
+  ${CARTLINK_BIN_B:+--target cartlink-b 18103 "$WORK/cartlink.sh 18103 $CARTLINK_BIN_B"} \
   --target nginx 18101 "$BENCH/nginx-baseline 18101 $WORK/links.tsv" \
   --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv"
 echo "click records written: $(cat "$WORK"/clicks/*.jsonl 2>/dev/null | wc -l)"

@@ -2,6 +2,7 @@
 //! frozen. A table is immutable once built; reloads build a new one beside it
 //! (see `state`). A file with any bad line is rejected whole, with `file:line: reason`.
 
+mod arena;
 pub mod config;
 pub mod destination;
 mod index;
@@ -166,6 +167,8 @@ pub struct LinkTable {
     /// Upper-cased discount code → the first link (in file order) that carries it, for
     /// attributing orders that came without a click ID.
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
+    /// Counts the table in the arena its links live in (see `arena`).
+    _arena: arena::Hold,
 }
 
 impl LinkTable {
@@ -437,8 +440,13 @@ fn pieces(data: &[u8], n: usize, min: usize) -> Vec<&[u8]> {
 }
 
 /// One thread's share: every line of `piece`, numbered from 1 within the piece. Each link's
-/// `Arc` is allocated here, so the merge on the calling thread only moves pointers.
-fn parse_piece(piece: &[u8], name: &str, keys: &KeyRing) -> Piece {
+/// `Arc` is allocated here, in the links arena (huge pages, see `arena`), so the merge on the
+/// calling thread only moves pointers.
+fn parse_piece(piece: &[u8], name: &str, keys: &KeyRing, arena: arena::Arena) -> Piece {
+    arena.scope(|| parse_piece_here(piece, name, keys))
+}
+
+fn parse_piece_here(piece: &[u8], name: &str, keys: &KeyRing) -> Piece {
     let mut interner = Interner::default();
     let mut out = Piece {
         bytes: piece.len(),
@@ -491,8 +499,9 @@ fn parse_in_pieces(
 ) -> Result<LinkTable, LoadError> {
     if let [piece] = pieces[..] {
         // One piece (files up to 8 MiB, admin uploads of that size): no thread to start.
-        let mut merge = Merge::new(Text::Bytes(data), name, data.len());
-        merge.add(parse_piece(piece, name, keys));
+        let arena = arena::Arena::for_new_table();
+        let mut merge = Merge::new(Text::Bytes(data), name, data.len(), arena);
+        merge.add(parse_piece(piece, name, keys, arena));
         return merge.finish();
     }
     parse_in_parallel(Text::Bytes(data), name, keys, data.len(), threads, move |jobs, _| {
@@ -548,13 +557,14 @@ where
     let job_rx = std::sync::Mutex::new(job_rx);
     let (spent, spent_rx) = mpsc::channel::<Vec<u8>>();
     let (done, done_rx) = mpsc::channel::<(usize, Piece)>();
+    let arena = arena::Arena::for_new_table();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             let (job_rx, done, spent) = (&job_rx, done.clone(), spent.clone());
             s.spawn(move || loop {
                 let next = job_rx.lock().expect("links parser panicked").recv();
                 let Ok((i, chunk)) = next else { return };
-                let piece = parse_piece(chunk.bytes(), name, keys);
+                let piece = parse_piece(chunk.bytes(), name, keys, arena);
                 if let Chunk::Buf(buf, _) = chunk {
                     let _ = spent.send(buf);
                 }
@@ -565,7 +575,7 @@ where
         }
         drop((done, spent));
         let feeder = s.spawn(move || feed(jobs, spent_rx));
-        let mut merge = Merge::new(text, name, bytes);
+        let mut merge = Merge::new(text, name, bytes, arena);
         // Pieces arrive in any order; they are merged in file order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut due = 0usize;
@@ -599,10 +609,11 @@ struct Merge<'a> {
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
     /// Lines in the pieces merged so far.
     before: usize,
+    arena: arena::Arena,
 }
 
 impl<'a> Merge<'a> {
-    fn new(text: Text<'a>, name: &'a str, bytes: usize) -> Merge<'a> {
+    fn new(text: Text<'a>, name: &'a str, bytes: usize, arena: arena::Arena) -> Merge<'a> {
         Merge {
             text,
             name,
@@ -612,6 +623,7 @@ impl<'a> Merge<'a> {
             links: index::Index::default(),
             by_discount: FxHashMap::default(),
             before: 0,
+            arena,
         }
     }
 
@@ -676,6 +688,7 @@ impl<'a> Merge<'a> {
         Ok(LinkTable {
             links: self.links,
             by_discount: self.by_discount,
+            _arena: self.arena.hold(),
         })
     }
 }
