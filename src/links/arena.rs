@@ -53,8 +53,23 @@ pub struct Hold(Option<usize>);
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(i) = self.0 {
-            LIVE[i].fetch_sub(1, Ordering::Relaxed);
+            if LIVE[i].fetch_sub(1, Ordering::Relaxed) == 1 {
+                purge_arena(i);
+            }
         }
+    }
+}
+
+/// Gives an arena's free memory back to the kernel at once. jemalloc purges by decay only
+/// when the arena is used, and nothing allocates in an arena whose last table is gone, so
+/// without this its memory stayed resident until the next reload (seen: +17 MiB 30 s after a
+/// reload under requests).
+fn purge_arena(i: usize) {
+    let Some(arena) = arenas()[i] else { return };
+    // This thread's cache holds what it just freed of the table's; back to the arena first.
+    flush_thread_cache();
+    if let Ok(name) = std::ffi::CString::new(format!("arena.{arena}.purge")) {
+        control(&name);
     }
 }
 
@@ -66,7 +81,8 @@ impl Arena {
         ))
     }
 
-    /// Counts a finished table as living here until the returned value drops.
+    /// Counts a table as living here (from the start of its load) until the returned value
+    /// drops; the last one to go purges the arena.
     pub fn hold(self) -> Hold {
         LIVE[self.0].fetch_add(1, Ordering::Relaxed);
         Hold(Some(self.0))

@@ -167,7 +167,8 @@ pub struct LinkTable {
     /// Upper-cased discount code → the first link (in file order) that carries it, for
     /// attributing orders that came without a click ID.
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
-    /// Counts the table in the arena its links live in (see `arena`).
+    /// Counts the table in the arena its links live in (see `arena`). Last, so it drops after
+    /// the links: the arena is purged when its last table is freed.
     _arena: arena::Hold,
 }
 
@@ -609,7 +610,9 @@ struct Merge<'a> {
     by_discount: FxHashMap<Box<str>, Arc<Link>>,
     /// Lines in the pieces merged so far.
     before: usize,
-    arena: arena::Arena,
+    /// Counts the table in its arena from the start, so a load that fails also gives the
+    /// arena back (dropped after the links, being last).
+    arena: arena::Hold,
 }
 
 impl<'a> Merge<'a> {
@@ -623,7 +626,7 @@ impl<'a> Merge<'a> {
             links: index::Index::default(),
             by_discount: FxHashMap::default(),
             before: 0,
-            arena,
+            arena: arena.hold(),
         }
     }
 
@@ -688,7 +691,7 @@ impl<'a> Merge<'a> {
         Ok(LinkTable {
             links: self.links,
             by_discount: self.by_discount,
-            _arena: self.arena.hold(),
+            _arena: self.arena,
         })
     }
 }
