@@ -480,3 +480,50 @@ fn kill_9_loses_only_the_in_memory_window_and_the_spill_survives() {
         o.missing.len()
     );
 }
+
+/// The scheduling policy of each of the server's threads, by name (`/proc/PID/task/*/stat`,
+/// field 41).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((name.trim().to_owned(), policy));
+    }
+    out
+}
+
+/// The click pipeline and the fsync helper are batch threads, so their wake-ups do not
+/// preempt the redirect workers (`SCHED_BATCH` is 3); the workers keep the default (0).
+#[test]
+fn pipeline_threads_run_as_batch_work_and_workers_do_not() {
+    let s = Server::start("pipeline-sched", PIPELINE_LINKS, &[]);
+    let mut conn = Conn::open(s.public).unwrap();
+    assert_eq!(conn.get(&path_for("p"), IPHONE).unwrap().status, 302);
+    // The file sink starts its fsync helper with its first file.
+    let mut threads = Vec::new();
+    for _ in 0..100 {
+        threads = thread_policies(s.child.id());
+        if threads.iter().any(|(n, _)| n.starts_with("cartlink-sync")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let policy_of = |prefix: &str| -> Vec<u32> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|t| t.1)
+            .collect()
+    };
+    assert_eq!(policy_of("cartlink-clicks"), [3], "{threads:?}");
+    let sync = policy_of("cartlink-sync");
+    assert!(!sync.is_empty() && sync.iter().all(|p| *p == 3), "{threads:?}");
+    let workers = policy_of("tokio-rt-worker");
+    assert!(!workers.is_empty() && workers.iter().all(|p| *p == 0), "{threads:?}");
+}
