@@ -26,17 +26,6 @@ pub use record::{Click, Device, Served};
 use crate::metrics::Metrics;
 use tokio::sync::mpsc;
 
-/// Puts the calling thread (the pipeline's, a syncer's) under `SCHED_BATCH`: the same share of
-/// the CPU, but its wake-ups no longer preempt a redirect worker on its core; it runs when the
-/// worker waits, or at the next tick. Under `perf sched` (wrk -c64, server on one core, four
-/// pairs of runs) the worker lost 33-47 ms in 4 s to the pipeline thread, against 63-91 ms
-/// with the default policy. Best effort: where it is refused the thread keeps its policy.
-pub(crate) fn background_class() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-}
-
 /// What travels through the queue: one encoded record, a JSON object with its trailing
 /// newline, whose id is `"<type>_id"` (clicks, conversions, commissions).
 pub type Record = Vec<u8>;

@@ -110,7 +110,6 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("cartlink-clicks".into())
         .spawn(move || {
-            super::background_class();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

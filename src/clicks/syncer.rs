@@ -22,7 +22,6 @@ impl Syncer {
         let _ = std::thread::Builder::new()
             .name(format!("cartlink-sync-{what}"))
             .spawn(move || {
-                super::background_class();
                 for f in rx {
                     if let Err(e) = f.sync_data() {
                         tracing::warn!(file = what, error = %e, "fdatasync failed");
