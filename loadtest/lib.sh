@@ -10,6 +10,8 @@
 #                     /tmp/floor-target/release/redirect-floor
 #   bench_env PORT    exports the full-path environment: one worker on 127.0.0.1:PORT, file
 #                     sink and data under $WORK, geo fixture, 127.0.0.1 trusted as the CDN
+#   bench_need CMD PACKAGE   exits 2 with the package to install if CMD is missing
+#   bench_bin         BIN = $CARTLINK_BIN, or the release build (built first)
 
 # An in-app browser behind a CDN: the human path, with the client address forwarded.
 BENCH_UA='Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 305.0.0.0'
@@ -44,4 +46,13 @@ bench_env() {
   export CARTLINK_WORKERS=1 CARTLINK_LISTEN=127.0.0.1:$1 CARTLINK_ADMIN_LISTEN=127.0.0.1:0
   export CARTLINK_SINK=file://$WORK/clicks CARTLINK_DATA_DIR=$WORK/data CARTLINK_WATCH_LINKS_MS=0
   export CARTLINK_GEOIP=$ROOT/tests/fixtures/geo-geolite2.mmdb CARTLINK_TRUSTED_PROXIES=127.0.0.1/32 RUST_LOG=warn
+}
+
+bench_need() {
+  command -v "$1" >/dev/null || { echo "needs $1 (apt-get install $2)"; exit 2; }
+}
+
+bench_bin() {
+  BIN=${CARTLINK_BIN:-$ROOT/target/release/cartlink}
+  [ -n "${CARTLINK_BIN:-}" ] || cargo build --release --quiet
 }
