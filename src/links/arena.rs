@@ -64,13 +64,11 @@ impl Drop for Hold {
 /// when the arena is used, and nothing allocates in an arena whose last table is gone, so
 /// without this its memory stayed resident until the next reload (seen: +17 MiB 30 s after a
 /// reload under requests).
-fn purge_arena(i: usize) {
-    let Some(arena) = arenas()[i] else { return };
+fn purge_arena(i: usize) -> bool {
+    let Some(arena) = arenas()[i] else { return false };
     // This thread's cache holds what it just freed of the table's; back to the arena first.
     flush_thread_cache();
-    if let Ok(name) = std::ffi::CString::new(format!("arena.{arena}.purge")) {
-        control(&name);
-    }
+    std::ffi::CString::new(format!("arena.{arena}.purge")).is_ok_and(|name| control(&name))
 }
 
 impl Arena {
@@ -116,39 +114,35 @@ fn arenas() -> [Option<c_uint>; 2] {
 }
 
 fn create() -> Option<c_uint> {
-    let mut index: c_uint = 0;
-    let mut len = std::mem::size_of::<c_uint>();
-    let mut hooks = (&raw const HOOKS).cast_mut();
-    // SAFETY: "arenas.create" reads a `extent_hooks_t *` and writes an `unsigned`; the hooks
+    // SAFETY: "arenas.create" reads an `extent_hooks_t *` and writes an `unsigned`; the hooks
     // are a static, so they outlive the arena as jemalloc requires.
-    let rc = unsafe {
-        mallctl(
-            c"arenas.create".as_ptr(),
-            (&raw mut index).cast(),
-            &mut len,
-            (&raw mut hooks).cast(),
-            std::mem::size_of::<*mut extent_hooks_t>(),
-        )
-    };
-    (rc == 0).then_some(index)
+    unsafe { read_write(c"arenas.create", (&raw const HOOKS).cast_mut()) }
 }
 
 /// Sets this thread's arena; returns the one it had.
 fn set_thread_arena(arena: c_uint) -> Option<c_uint> {
-    let mut old: c_uint = 0;
-    let mut len = std::mem::size_of::<c_uint>();
-    let mut new = arena;
     // SAFETY: "thread.arena" reads and writes an `unsigned`.
+    unsafe { read_write(c"thread.arena", arena) }
+}
+
+/// Runs mallctl `name`, writing `new` and reading back its answer; `None` if jemalloc refused.
+///
+/// # Safety
+/// `name` must be one that reads a `U` and writes a `T`.
+unsafe fn read_write<T: Default, U>(name: &CStr, mut new: U) -> Option<T> {
+    let mut out = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: both pointers are valid for their sizes; the caller vouches for the types.
     let rc = unsafe {
         mallctl(
-            c"thread.arena".as_ptr(),
-            (&raw mut old).cast(),
+            name.as_ptr(),
+            (&raw mut out).cast(),
             &mut len,
             (&raw mut new).cast(),
-            std::mem::size_of::<c_uint>(),
+            std::mem::size_of::<U>(),
         )
     };
-    (rc == 0).then_some(old)
+    (rc == 0).then_some(out)
 }
 
 fn flush_thread_cache() {
@@ -285,43 +279,11 @@ mod tests {
     use tikv_jemallocator::Jemalloc;
 
     fn arena_of(p: *mut u8) -> c_uint {
-        let mut arena: c_uint = c_uint::MAX;
-        let mut len = std::mem::size_of::<c_uint>();
-        let mut ptr = p.cast::<c_void>();
         // SAFETY: "arenas.lookup" reads a pointer and writes an `unsigned`.
-        let rc = unsafe {
-            mallctl(
-                c"arenas.lookup".as_ptr(),
-                (&raw mut arena).cast(),
-                &mut len,
-                (&raw mut ptr).cast(),
-                std::mem::size_of::<*mut c_void>(),
-            )
-        };
-        assert_eq!(rc, 0);
-        arena
+        unsafe { read_write(c"arenas.lookup", p.cast::<c_void>()) }.expect("a jemalloc pointer")
     }
 
-    /// `field` (in kB) of the mapping that holds `addr`, from `/proc/self/smaps`.
-    fn smaps_kb(addr: usize, field: &str) -> Option<u64> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
-                let (a, b) = range.split_once('-')?;
-                let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
-                inside = (a..b).contains(&addr);
-            } else if let Some(kb) = line.strip_prefix(field).filter(|_| inside) {
-                return kb.trim().trim_end_matches("kB").trim().parse().ok();
-            }
-        }
-        None
-    }
-
-    fn thp_on() -> bool {
-        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-        !thp.is_empty() && !thp.contains("[never]")
-    }
+    use super::super::smaps::{kb_at as smaps_kb, thp_on};
 
     // One test: the arena is the process's, and these figures read its mappings.
     #[test]
@@ -349,9 +311,7 @@ mod tests {
             assert!(resident >= 48 << 10, "Rss {resident} kB");
 
             Jemalloc.dealloc(block, big);
-            assert!(control(
-                &std::ffi::CString::new(format!("arena.{arena}.purge")).unwrap()
-            ));
+            assert!(purge_arena(1));
             let after = smaps_kb(block as usize, "Rss:").unwrap_or(0);
             assert!(
                 after + (40 << 10) <= resident,

@@ -265,22 +265,6 @@ mod tests {
         assert!(index.candidate(hash ^ 1).is_none());
     }
 
-    /// `AnonHugePages` of the mapping that holds `addr`, in kB, from `/proc/self/smaps`.
-    fn huge_kb_at(addr: usize) -> Option<u64> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
-                let (a, b) = range.split_once('-')?;
-                let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
-                inside = (a..b).contains(&addr);
-            } else if let Some(kb) = line.strip_prefix("AnonHugePages:").filter(|_| inside) {
-                return kb.trim().trim_end_matches("kB").trim().parse().ok();
-            }
-        }
-        None
-    }
-
     #[test]
     fn a_large_slot_array_is_on_huge_pages_and_frees_its_links() {
         let kept = link("kept");
@@ -288,15 +272,11 @@ mod tests {
         assert!(index.slots.len() * std::mem::size_of::<Slot>() >= 4 << 20);
         assert!(index.insert(7, kept.clone()).is_ok());
         assert_eq!(Arc::strong_count(&kept), 2);
-        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-        let huge = huge_kb_at(index.slots.as_ptr() as usize);
-        if thp.contains("[never]") || thp.is_empty() {
-            eprintln!("transparent huge pages off here: not checked");
+        let huge = super::super::smaps::kb_at(index.slots.as_ptr() as usize, "AnonHugePages:");
+        if super::super::smaps::thp_on() {
+            assert!(huge.is_some_and(|kb| kb >= 2048), "AnonHugePages {huge:?} kB");
         } else {
-            assert!(
-                huge.is_some_and(|kb| kb >= 2048),
-                "AnonHugePages {huge:?} kB with THP {thp}"
-            );
+            eprintln!("transparent huge pages off here: not checked");
         }
         drop(index);
         assert_eq!(Arc::strong_count(&kept), 1, "the index's reference is dropped with it");

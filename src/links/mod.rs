@@ -850,6 +850,33 @@ fn read_chunks(
     Ok(())
 }
 
+/// Reading this process's own mappings, for the tests that check where memory lives.
+#[cfg(test)]
+mod smaps {
+    /// `field` (in kB, e.g. `"AnonHugePages:"`) of the mapping that holds `addr`, from
+    /// `/proc/self/smaps`.
+    pub fn kb_at(addr: usize, field: &str) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
+                let (a, b) = range.split_once('-')?;
+                let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
+                inside = (a..b).contains(&addr);
+            } else if let Some(kb) = line.strip_prefix(field).filter(|_| inside) {
+                return kb.trim().trim_end_matches("kB").trim().parse().ok();
+            }
+        }
+        None
+    }
+
+    /// Whether transparent huge pages can be had here (`always` or `madvise`).
+    pub fn thp_on() -> bool {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        !thp.is_empty() && !thp.contains("[never]")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
