@@ -1,15 +1,16 @@
-//! A batch: encoded click records (JSON Lines, each ending in `\n`), each kept in the buffer
-//! the redirect path encoded it into. Nothing copies them into one body on the way: the file
-//! sink hands them to the kernel as one vectored write, NATS publishes each, the spill frames
-//! each; only the HTTP sink joins them (into its gzip stream or request body).
+//! A batch: encoded click records (JSON Lines, each ending in `\n`) in one contiguous body, in
+//! order, with where each ends. The pipeline copies each record in once, out of a redirect
+//! worker's ring (or the overflow queue); after that nothing copies the body: the file sink
+//! hands it to the kernel as one write, the HTTP sink gzips or sends it, NATS publishes each
+//! record, the spill frames each.
 
 use super::Record;
-use std::io::IoSlice;
 
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    records: Vec<Record>,
-    bytes: usize,
+    body: Vec<u8>,
+    /// The end offset of each record in `body`.
+    ends: Vec<usize>,
 }
 
 impl Batch {
@@ -17,52 +18,48 @@ impl Batch {
         Batch::default()
     }
 
-    /// An empty batch with room for as many records as `like`.
+    /// An empty batch with room for as many records, and bytes, as `like`.
     pub fn sized_like(like: &Batch) -> Batch {
         Batch {
-            records: Vec::with_capacity(like.records.len()),
-            bytes: 0,
+            body: Vec::with_capacity(like.body.len()),
+            ends: Vec::with_capacity(like.ends.len()),
         }
     }
 
-    /// Adds one encoded record (with its newline), without copying it.
+    /// Adds one encoded record (with its newline).
     pub fn push(&mut self, record: Record) {
-        self.bytes += record.len();
-        self.records.push(record);
+        self.push_raw(&record);
     }
 
     /// Adds a copy of one encoded record (with its newline).
     pub fn push_raw(&mut self, record: &[u8]) {
-        self.push(record.to_vec());
+        self.body.extend_from_slice(record);
+        self.ends.push(self.body.len());
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.ends.is_empty()
     }
 
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.body.len()
     }
 
     /// Each record with its trailing newline.
     pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.records.iter().map(Vec::as_slice)
+        (0..self.ends.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.body[start..self.ends[i]]
+        })
     }
 
-    /// The records as the slices of one vectored write (the JSON Lines body, in order).
-    pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
-        self.records().map(IoSlice::new).collect()
-    }
-
-    /// The JSON Lines body in one buffer.
-    pub fn concat(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.bytes);
-        self.records().for_each(|r| body.extend_from_slice(r));
-        body
+    /// The JSON Lines body, every record in order.
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -112,7 +109,8 @@ mod tests {
             ]
         );
         assert_eq!(b.records().map(<[u8]>::len).sum::<usize>(), b.bytes());
-        assert_eq!(b.concat(), b.records().collect::<Vec<_>>().concat());
-        assert_eq!(b.io_slices().iter().map(|s| s.len()).sum::<usize>(), b.bytes());
+        assert_eq!(b.body(), b.records().collect::<Vec<_>>().concat());
+        let again = Batch::sized_like(&b);
+        assert!(again.is_empty() && again.body.capacity() >= b.bytes());
     }
 }

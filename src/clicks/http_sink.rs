@@ -79,14 +79,12 @@ impl HttpSink {
         let body = if self.gzip {
             let mut enc =
                 flate2::write::GzEncoder::new(Vec::with_capacity(batch.bytes() / 4), flate2::Compression::fast());
-            batch
-                .records()
-                .try_for_each(|r| enc.write_all(r))
+            enc.write_all(batch.body())
                 .and_then(|()| enc.finish())
                 .map(Bytes::from)
                 .map_err(|e| SinkError::new(ErrorKind::Io, format!("gzip: {e}")))?
         } else {
-            Bytes::from(batch.concat())
+            Bytes::copy_from_slice(batch.body())
         };
         let mut req = Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/x-ndjson")

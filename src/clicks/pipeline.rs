@@ -2,32 +2,35 @@
 //! (a current-thread runtime) so sink work never runs on the redirect workers.
 //!
 //! ```text
-//! Recorder::record ──try_send──▶ queue ──▶ batcher ──try_send──▶ in-flight batches ──▶ sender ──▶ sink
-//!                                             │  (full, spill not empty,                ▲ replay, oldest first
-//!                                             │   or queue past watermark)              │
-//!                                             └──────────────▶ spill (data_dir/spill) ──┘
+//! Recorder::record ──▶ worker's ring ─┬─▶ batcher ──try_send──▶ in-flight batches ──▶ sender ──▶ sink
+//!      (ring full) ──try_send──▶ queue ┘     │  (full, spill not empty,                ▲ replay, oldest first
+//!                                            │   or queue past watermark)              │
+//!                                            └──────────────▶ spill (data_dir/spill) ──┘
 //! ```
 //!
-//! - The **batcher** drains the queue into a [`Batch`] and flushes it when it reaches
-//!   `batch_max_records` or `batch_max_bytes`, or when its oldest record is `batch_max_age_ms`
-//!   old. It never waits on the sink: a flushed batch goes to the bounded in-flight channel
-//!   (`inflight_batches`), or — when that is full, when the spill already holds records (so
-//!   replay order is kept), or when the queue is past `spill_watermark_pct` — to the spill.
-//!   Only a spill that is full or failing drops records, each counted by reason.
+//! - The **batcher** drains the rings ([`super::ring`]) and the overflow queue on its beat into
+//!   a [`Batch`] and flushes it when it reaches `batch_max_records` or `batch_max_bytes`, or
+//!   when its oldest record is `batch_max_age_ms` old. It never waits on the sink: a flushed
+//!   batch goes to the bounded in-flight channel (`inflight_batches`), or — when that is full,
+//!   when the spill already holds records (so replay order is kept), or when what waits in
+//!   rings and queue is past `spill_watermark_pct` of `queue_capacity` — to the spill. Only a
+//!   spill that is full or failing drops records, each counted by reason.
 //! - The **sender** writes in-flight batches first, then replays the spill segment by segment;
 //!   each write is retried under the one policy in [`super::retry`] (unlimited attempts while
 //!   serving). A segment is deleted once every record in it is acknowledged.
-//! - **Shutdown** ([`Pipeline::shutdown`]): the queue is closed and drained, batches are flushed;
-//!   the sender keeps delivering (and replaying) until nothing is left or the deadline passes;
-//!   at the deadline an unacknowledged in-memory batch goes to the spill, to be replayed at the
-//!   next start. Nothing is dropped at shutdown unless the spill cannot take it.
+//! - **Shutdown** ([`Pipeline::shutdown`]): queue and rings are closed and drained, batches are
+//!   flushed; the sender keeps delivering (and replaying) until nothing is left or the deadline
+//!   passes; at the deadline an unacknowledged in-memory batch goes to the spill, to be replayed
+//!   at the next start. Nothing is dropped at shutdown unless the spill cannot take it.
 //!
 //! Conservation, exact at rest: `accepted == delivered + dropped + buffered`, where `buffered`
-//! counts records in the queue, in batches, in flight and in the spill. Records found in the
-//! spill at start-up are counted as accepted (and in `cartlink_clicks_recovered_total`).
+//! counts records in the rings and the queue, in batches, in flight and in the spill. Records
+//! found in the spill at start-up are counted as accepted (and in
+//! `cartlink_clicks_recovered_total`).
 
 use super::batch::Batch;
 use super::retry::Backoff;
+use super::ring::{Hub, RING_BYTES};
 use super::sink::Sink;
 use super::spill::{Spill, SpillError};
 use super::{Record, Recorder};
@@ -35,6 +38,7 @@ use crate::config::{PipelineConfig, SinkSettings};
 use crate::metrics::Metrics;
 use std::cell::{Cell, RefCell};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -104,6 +108,8 @@ pub fn start(
     metrics.sink_up.set(1.0);
 
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+    let hub = Hub::new(RING_BYTES);
+    let rings = hub.clone();
     let (stop_tx, stop_rx) = oneshot::channel();
     let cfg = cfg.clone();
     let m = metrics.clone();
@@ -122,11 +128,11 @@ pub fn start(
                 wake: Notify::new(),
                 spill_failing: Cell::new(false),
             };
-            rt.block_on(run(&shared, sink, rx, stop_rx, &cfg));
+            rt.block_on(run(&shared, sink, Input { rings, queue: rx }, stop_rx, &cfg));
         })
         .map_err(|e| StartError::Sink(e.to_string()))?;
     Ok((
-        Recorder::new(tx, metrics, edge),
+        Recorder::new(hub, tx, metrics, edge),
         Pipeline {
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -207,13 +213,20 @@ impl Shared {
     }
 }
 
-async fn run(
-    sh: &Shared,
-    mut sink: Sink,
-    rx: mpsc::Receiver<Record>,
-    stop: oneshot::Receiver<Instant>,
-    cfg: &PipelineConfig,
-) {
+/// Where records come from: the workers' rings, and the queue they overflow into.
+struct Input {
+    rings: Arc<Hub>,
+    queue: mpsc::Receiver<Record>,
+}
+
+impl Input {
+    /// Records waiting in rings and queue.
+    fn depth(&self) -> usize {
+        self.queue.len() + self.rings.depth() as usize
+    }
+}
+
+async fn run(sh: &Shared, mut sink: Sink, rx: Input, stop: oneshot::Receiver<Instant>, cfg: &PipelineConfig) {
     let (btx, brx) = mpsc::channel(cfg.inflight_batches);
     tokio::join!(batcher(sh, rx, btx, stop, cfg), sender(sh, &mut sink, brx, cfg));
     sink.close();
@@ -232,7 +245,7 @@ async fn run(
 
 async fn batcher(
     sh: &Shared,
-    mut rx: mpsc::Receiver<Record>,
+    mut rx: Input,
     out: mpsc::Sender<Batch>,
     mut stop: oneshot::Receiver<Instant>,
     cfg: &PipelineConfig,
@@ -276,30 +289,36 @@ async fn batcher(
                 // Sender dropped without a deadline: flush with a short one.
                 sh.deadline.set(Some(d.unwrap_or_else(|_| Instant::now() + Duration::from_secs(5))));
                 sh.stopping.notify_waiters();
-                rx.close();
+                rx.queue.close();
+                rx.rings.close();
             }
             // Before the queue, which is always ready under load and would starve them.
             _ = tick.tick() => {
-                sh.metrics.queue_depth.set(rx.len() as f64);
+                sh.metrics.queue_depth.set(rx.depth() as f64);
                 sh.spill.borrow_mut().maybe_sync();
             }
             () = age_flush => {
-                flush(&mut batch, rx.len());
+                flush(&mut batch, rx.depth());
                 oldest = None;
             }
             _ = drain.tick() => {
-                let mut closed = false;
                 // Bounded per beat so the stop signal and ticks stay responsive under load.
-                for _ in 0..cfg.batch_max_records.max(1) * 4 {
-                    match rx.try_recv() {
-                        Ok(record) => {
-                            batch.push(record);
-                            oldest.get_or_insert_with(tokio::time::Instant::now);
-                            if batch.len() >= cfg.batch_max_records || batch.bytes() >= cfg.batch_max_bytes {
-                                flush(&mut batch, rx.len());
-                                oldest = None;
-                            }
-                        }
+                let limit = cfg.batch_max_records.max(1) * 4;
+                // For the watermark: what was waiting when this beat began.
+                let waiting = rx.depth();
+                let mut take = |batch: &mut Batch, record: &[u8]| {
+                    batch.push_raw(record);
+                    oldest.get_or_insert_with(tokio::time::Instant::now);
+                    if batch.len() >= cfg.batch_max_records || batch.bytes() >= cfg.batch_max_bytes {
+                        flush(batch, waiting);
+                        oldest = None;
+                    }
+                };
+                let taken = rx.rings.drain(limit, |r| take(&mut batch, r));
+                let mut closed = false;
+                for _ in taken..limit {
+                    match rx.queue.try_recv() {
+                        Ok(record) => take(&mut batch, &record),
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => {
                             closed = true;
@@ -307,7 +326,8 @@ async fn batcher(
                         }
                     }
                 }
-                if closed {
+                // The queue closes only at shutdown, after the rings: done once both are empty.
+                if closed && rx.rings.depth() == 0 {
                     break;
                 }
             }
