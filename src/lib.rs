@@ -9,6 +9,7 @@
 //! - `clicks`: click records, the never-waiting recorder, the batching pipeline and sinks.
 //! - `server`: listeners, HTTP/1.1 + HTTP/2, shutdown phases; `admin`: the private listener.
 //! - `metrics`: every metric name in one place.
+//! - `prefetch`: cache hints for the hot path.
 //! - `cli`: what `cartlink serve | mint | check` do.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod commerce;
 pub mod config;
 pub mod links;
 pub mod metrics;
+pub mod prefetch;
 pub mod redirect;
 pub mod server;
 pub mod state;

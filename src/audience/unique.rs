@@ -78,7 +78,7 @@ impl Bloom {
     }
 
     fn prefetch(&self, h: u64) {
-        crate::links::prefetch(self.block(h), 64);
+        crate::prefetch::read(self.block(h), 64);
     }
 
     pub fn contains<T: Hash>(&self, item: &T) -> bool {

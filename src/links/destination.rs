@@ -101,9 +101,9 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Starts loading the URL's first bytes into the cache (see [`super::prefetch`]).
+    /// Starts loading the URL's first bytes into the cache (see [`crate::prefetch`]).
     pub fn prefetch(&self) {
-        super::prefetch(self.url.as_ptr(), self.url.len().min(192));
+        crate::prefetch::read(self.url.as_ptr(), self.url.len().min(192));
     }
 
     /// The URL up to the click ID (includes the click parameter's key).

@@ -86,19 +86,6 @@ fn hash_id(id: &[u8]) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(id)
 }
 
-/// Asks the CPU to start loading the `bytes` at `p` into its cache without waiting for them.
-pub(crate) fn prefetch<T>(p: *const T, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch is a hint: it never faults, and changes nothing observable.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>().wrapping_add(line))
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, bytes);
-}
-
 /// A lookup under way, in three steps that let other work hide its two cache misses:
 /// [`LinkTable::start_get`] asks for the slot, [`PendingGet::fetch`] reads it and asks for the
 /// link, [`PendingGet::finish`] compares ids.
@@ -115,7 +102,7 @@ impl<'a> PendingGet<'a> {
         self.candidate = self.table.links.candidate(self.hash);
         if let Some(link) = self.candidate {
             // From the link back over the Arc's two counters, which come first.
-            prefetch(
+            crate::prefetch::read(
                 Arc::as_ptr(link).cast::<u8>().wrapping_sub(16),
                 std::mem::size_of::<Link>() + 16,
             );
@@ -185,7 +172,7 @@ impl LinkTable {
     /// waiting for it (see [`PendingGet`]).
     pub fn start_get<'a>(&'a self, id: &'a [u8]) -> PendingGet<'a> {
         let hash = hash_id(id);
-        prefetch(self.links.home(hash), 16);
+        crate::prefetch::read(self.links.home(hash), 16);
         PendingGet {
             table: self,
             id,
@@ -647,7 +634,7 @@ impl<'a> Merge<'a> {
         let hashes: Vec<u64> = piece.links.iter().map(|(_, l)| hash_id(l.id.as_bytes())).collect();
         for (i, ((line, link), hash)) in piece.links.into_iter().zip(&hashes).enumerate() {
             if let Some(next) = hashes.get(i + AHEAD) {
-                prefetch(self.links.home(*next), 16);
+                crate::prefetch::read(self.links.home(*next), 16);
             }
             if let Some(code) = &link.discount {
                 first_for_code(&mut self.by_discount, code, &link);

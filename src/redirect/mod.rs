@@ -111,8 +111,8 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     // The URL, creator and campaign live apart from the link: they are fetched while the
     // destination is chosen, before the cookie and the record copy them.
     link.target.prefetch();
-    crate::links::prefetch(link.creator.as_ptr(), 1);
-    crate::links::prefetch(link.campaign.as_ptr(), 1);
+    crate::prefetch::read(link.creator.as_ptr(), 1);
+    crate::prefetch::read(link.campaign.as_ptr(), 1);
     let (mut dest, mut served) = choose(
         &snap,
         link,
