@@ -1,8 +1,8 @@
 //! The file sink: rotating JSON Lines files in one directory.
 //!
 //! Files are named `clicks-<UTC start>-<pid>-<seq>.jsonl` so names sort by time and two
-//! processes never share a file. Each batch (one contiguous body) is appended in pieces of
-//! [`PIECE`] bytes, with a `sched_yield` between them, and a file is
+//! processes never share a file. Each batch is appended with vectored writes (one `writev` for
+//! up to 1,024 records, so the records are never copied into one buffer first); a file is
 //! rotated past `max_bytes` or `max_age`. Durability: data is `fdatasync`ed every
 //! `fsync_every` (on a helper thread, [`super::syncer`], so a slow disk never stalls the
 //! pipeline) and on rotation and shutdown, so a power loss of the machine loses at most that
@@ -10,7 +10,7 @@
 //! written. A reader should ignore a last line without its newline (a torn write).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -54,8 +54,8 @@ impl FileSink {
         self.current.as_ref().map(|c| c.path.as_path())
     }
 
-    /// Appends `data`, all of it or an error.
-    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+    /// Appends `data` (the slices in order, all of them or an error).
+    pub fn write(&mut self, data: &mut [IoSlice<'_>]) -> std::io::Result<()> {
         let rotate = self
             .current
             .as_ref()
@@ -70,8 +70,8 @@ impl FileSink {
             self.open()?;
         }
         let cur = self.current.as_mut().expect("opened above");
-        let len = data.len();
-        if let Err(e) = write_in_pieces(&mut cur.file, data) {
+        let len: usize = data.iter().map(|s| s.len()).sum();
+        if let Err(e) = write_all_vectored(&mut cur.file, data) {
             // A partial write leaves a torn tail; start the next attempt in a fresh file so
             // the torn record is alone at the end of this one.
             self.current = None;
@@ -121,19 +121,17 @@ impl FileSink {
     }
 }
 
-/// How much of a batch goes to the kernel at once. A 1,000-record batch is about 350 KiB, and
-/// copying it into the page cache takes about 0.3 ms of the core; on a core shared with a
-/// redirect worker (one core for the server, as in loadtest/) that is 0.3 ms added to every
-/// request in flight. In 32 KiB pieces with a yield between them, a runnable worker gets the
-/// core back every 25 µs or so; an idle one costs the yield nothing.
-pub const PIECE: usize = 32 << 10;
-
-fn write_in_pieces(w: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
-    let mut pieces = data.chunks(PIECE).peekable();
-    while let Some(piece) = pieces.next() {
-        w.write_all(piece)?;
-        if pieces.peek().is_some() {
-            std::thread::yield_now();
+/// `Write::write_all` for slices (std's `write_all_vectored` is not stable): `writev` takes at
+/// most `IOV_MAX` slices and may write part of them, so it goes on from where the kernel
+/// stopped.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -149,7 +147,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut sink = FileSink::new(&dir, 100, Duration::from_secs(3600), Duration::ZERO).unwrap();
         for i in 0..10 {
-            sink.write(format!("{{\"n\":{i:043}}}\n").as_bytes()).unwrap();
+            sink.write(&mut [IoSlice::new(format!("{{\"n\":{i:043}}}\n").as_bytes())])
+                .unwrap();
         }
         sink.close().unwrap();
         let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
@@ -160,20 +159,27 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Takes at most 7 bytes per call, like a kernel that writes part of a buffer, and keeps
-    /// where each call began and how much it was offered.
-    #[derive(Default)]
-    struct Trickle {
-        out: Vec<u8>,
-        calls: Vec<(usize, usize)>,
-    }
+    /// Takes at most 7 bytes per call, across slices, like a kernel that writes part of an iovec.
+    struct Trickle(Vec<u8>);
 
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.calls.push((self.out.len(), buf.len()));
             let n = buf.len().min(7);
-            self.out.extend_from_slice(&buf[..n]);
+            self.0.extend_from_slice(&buf[..n]);
             Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            let mut left = 7;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.0.extend_from_slice(&b[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(7 - left)
         }
 
         fn flush(&mut self) -> std::io::Result<()> {
@@ -182,26 +188,20 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_goes_out_whole_in_pieces_after_partial_writes() {
-        let whole: String = (0..30_000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        assert!(whole.len() > 4 * PIECE);
-        let mut t = Trickle::default();
-        write_in_pieces(&mut t, whole.as_bytes()).unwrap();
-        assert_eq!(t.out, whole.as_bytes());
-        // No call is offered bytes of two pieces.
-        for &(at, offered) in &t.calls {
-            assert_eq!(
-                at / PIECE,
-                (at + offered - 1) / PIECE,
-                "a write at {at} of {offered} bytes"
-            );
-        }
+    fn vectored_writes_go_on_after_partial_writes_and_past_iov_max() {
+        let records: Vec<String> = (0..3000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let whole = records.concat();
+        let mut slices: Vec<IoSlice> = records.iter().map(|r| IoSlice::new(r.as_bytes())).collect();
+        let mut t = Trickle(Vec::new());
+        write_all_vectored(&mut t, &mut slices).unwrap();
+        assert_eq!(t.0, whole.as_bytes());
 
-        // A real file.
+        // A real file: 3,000 slices are more than one writev takes (IOV_MAX is 1,024).
         let dir = std::env::temp_dir().join(format!("cartlink-fs-v-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), Duration::ZERO).unwrap();
-        sink.write(whole.as_bytes()).unwrap();
+        let mut slices: Vec<IoSlice> = records.iter().map(|r| IoSlice::new(r.as_bytes())).collect();
+        sink.write(&mut slices).unwrap();
         let path = sink.current_path().unwrap().to_owned();
         sink.close().unwrap();
         assert_eq!(std::fs::read_to_string(path).unwrap(), whole);
