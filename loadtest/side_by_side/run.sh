@@ -3,7 +3,8 @@
 # this machine, with ../shared/bench/side-by-side: each server pinned to core 0 and given one
 # worker, wrk on the other core, the same random signed paths for all three.
 # cartlink runs its full path: signature, cookie, geo (fixture database), bots, unique filter,
-# client IP from X-Forwarded-For behind a trusted proxy, and the file sink.
+# client IP from X-Forwarded-For behind a trusted proxy, and the file sink. A run in which a
+# cartlink dropped clicks (its queue full) is marked INVALID and exits 1.
 #
 #   loadtest/side_by_side/run.sh            # N=100000 links, 3 rounds of 8 s
 #   N=1000000 ROUNDS=5 loadtest/side_by_side/run.sh
@@ -32,11 +33,20 @@ cd $ROOT && ROOT=$ROOT WORK=$WORK && source loadtest/lib.sh && bench_env "\$1"
 exec "\$2" serve
 SH
 chmod +x "$WORK/cartlink.sh"
+status=0
 python3 "$BENCH/side-by-side" --paths "$WORK/paths.txt" --rounds "$ROUNDS" --duration "$DURATION" \
   --header "User-Agent: $BENCH_UA" --header "X-Forwarded-For: $BENCH_XFF" \
   --json "${JSON:-/tmp/cartlink-side-by-side.json}" \
   --target cartlink 18100 "$WORK/cartlink.sh 18100 $BIN" \
   ${CARTLINK_BIN_B:+--target cartlink-b 18103 "$WORK/cartlink.sh 18103 $CARTLINK_BIN_B"} \
   --target nginx 18101 "$BENCH/nginx-baseline 18101 $WORK/links.tsv" \
-  --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv"
+  --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv" || status=$?
 echo "click records written: $(cat "$WORK"/clicks/*.jsonl 2>/dev/null | wc -l)"
+# A cartlink that drops clicks is cheaper than one that keeps them: such a run does not count.
+for log in /tmp/side-by-side-cartlink*.log; do
+  if grep -q "dropping clicks" "$log"; then
+    echo "INVALID: $(basename "$log" .log | sed 's/side-by-side-//') dropped clicks (queue full) in this run: $(grep -c "dropping clicks" "$log") second(s) with drops"
+    status=1
+  fi
+done
+exit $status

@@ -1,8 +1,8 @@
 //! The file sink: rotating JSON Lines files in one directory.
 //!
 //! Files are named `clicks-<UTC start>-<pid>-<seq>.jsonl` so names sort by time and two
-//! processes never share a file. Each batch is appended with vectored writes (one `writev` for
-//! up to 1,024 records, so the records are never copied into one buffer first); a file is
+//! processes never share a file. Each batch is appended with one write of its body (the
+//! records already lie in one buffer, copied there from the workers' rings); a file is
 //! rotated past `max_bytes` or `max_age`. Durability: data is `fdatasync`ed every
 //! `fsync_every` (on a helper thread, [`super::syncer`], so a slow disk never stalls the
 //! pipeline) and on rotation and shutdown, so a power loss of the machine loses at most that

@@ -28,7 +28,9 @@ pub use record::{Click, Device, Served};
 
 use crate::metrics::Metrics;
 use ring::{Hub, Pushed};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// One encoded record in the overflow queue: a JSON object with its trailing newline, whose id
@@ -79,8 +81,22 @@ impl Recorder {
         };
         match self.tx.try_send(overflow) {
             Ok(()) => self.metrics.clicks_buffered.increment(1),
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.clicks_dropped.queue_full.increment(1),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.clicks_dropped.queue_full.increment(1);
+                warn_queue_full();
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.clicks_dropped.shutdown.increment(1),
         }
+    }
+}
+
+/// At most one warning a second per process: a full queue means the pipeline thread is not
+/// keeping up, which an operator (or a benchmark that would otherwise look cheaper than it is)
+/// must see in the log as well as in the counter.
+fn warn_queue_full() {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!("click queue full: dropping clicks (cartlink_clicks_dropped_total{{reason=\"queue_full\"}}); the pipeline thread is not keeping up");
     }
 }
