@@ -130,6 +130,10 @@ pub struct PipelineConfig {
     pub file_max_age_s: u64,
     /// Longest time written clicks stay in the page cache before `fdatasync`.
     pub file_fsync_ms: u64,
+    /// Drop a file's pages from the page cache once `fdatasync` has made them durable, so the
+    /// click files do not grow the page cache by tens of MB a second (see docs/pipeline.md).
+    /// Off when something tails the files and should read them from memory.
+    pub file_drop_cache: bool,
     /// Batches handed to the sink stage but not yet acknowledged, held in memory; past this the
     /// batcher spills to disk instead of waiting.
     pub inflight_batches: usize,
@@ -249,6 +253,7 @@ impl Default for PipelineConfig {
             file_max_bytes: 64 << 20,
             file_max_age_s: 3600,
             file_fsync_ms: 1000,
+            file_drop_cache: true,
             inflight_batches: 4,
             spill_watermark_pct: 50,
             spill_max_bytes: 1 << 30,

@@ -36,7 +36,14 @@ struct Current {
 }
 
 impl FileSink {
-    pub fn new(dir: &Path, max_bytes: u64, max_age: Duration, fsync_every: Duration) -> std::io::Result<FileSink> {
+    /// `drop_cache`: once synced, the files' pages leave the page cache ([`Syncer`]).
+    pub fn new(
+        dir: &Path,
+        max_bytes: u64,
+        max_age: Duration,
+        fsync_every: Duration,
+        drop_cache: bool,
+    ) -> std::io::Result<FileSink> {
         std::fs::create_dir_all(dir)?;
         Ok(FileSink {
             dir: dir.to_path_buf(),
@@ -45,7 +52,7 @@ impl FileSink {
             fsync_every,
             current: None,
             seq: 0,
-            syncer: Syncer::new("file-sink"),
+            syncer: Syncer::new("file-sink", drop_cache),
         })
     }
 
@@ -145,7 +152,7 @@ mod tests {
     fn rotates_by_size_and_keeps_every_byte() {
         let dir = std::env::temp_dir().join(format!("cartlink-fs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut sink = FileSink::new(&dir, 100, Duration::from_secs(3600), Duration::ZERO).unwrap();
+        let mut sink = FileSink::new(&dir, 100, Duration::from_secs(3600), Duration::ZERO, true).unwrap();
         for i in 0..10 {
             sink.write(&mut [IoSlice::new(format!("{{\"n\":{i:043}}}\n").as_bytes())])
                 .unwrap();
@@ -199,12 +206,78 @@ mod tests {
         // A real file: 3,000 slices are more than one writev takes (IOV_MAX is 1,024).
         let dir = std::env::temp_dir().join(format!("cartlink-fs-v-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), Duration::ZERO).unwrap();
+        let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), Duration::ZERO, true).unwrap();
         let mut slices: Vec<IoSlice> = records.iter().map(|r| IoSlice::new(r.as_bytes())).collect();
         sink.write(&mut slices).unwrap();
         let path = sink.current_path().unwrap().to_owned();
         sink.close().unwrap();
         assert_eq!(std::fs::read_to_string(path).unwrap(), whole);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Pages of `path` in the page cache, and all its pages (`mincore` over a shared mapping).
+    fn resident(path: &Path) -> (usize, usize) {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        // SAFETY: a read-only mapping of a file this test alone writes, unmapped before return.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let mut v = vec![0u8; len.div_ceil(page)];
+            assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
+            libc::munmap(p, len);
+            (v.iter().filter(|b| **b & 1 == 1).count(), v.len())
+        }
+    }
+
+    #[test]
+    fn synced_pages_leave_the_page_cache_only_with_drop_cache() {
+        // Under target/, not the temp dir: a tmpfs keeps its pages whatever the advice.
+        for drop_cache in [true, false] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("target/cartlink-fs-cache-{}-{drop_cache}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), Duration::ZERO, drop_cache).unwrap();
+            let mut chunk = vec![b'x'; 1 << 20];
+            chunk[(1 << 20) - 1] = b'\n';
+            let wait_for_sync = |sink: &FileSink| {
+                for _ in 0..1000 {
+                    if sink.syncer.pending() == 0 {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                panic!("the background sync did not finish in 10 s");
+            };
+            for _ in 0..8 {
+                sink.write(&mut [IoSlice::new(&chunk)]).unwrap();
+            }
+            // The last write may have found a sync still running: one more, synced, covers all.
+            wait_for_sync(&sink);
+            sink.write(&mut [IoSlice::new(b"{}\n")]).unwrap();
+            wait_for_sync(&sink);
+            let path = sink.current_path().unwrap().to_owned();
+            let (cached, pages) = resident(&path);
+            if drop_cache {
+                assert!(cached * 10 < pages, "{cached} of {pages} pages still cached");
+            } else {
+                assert!(
+                    cached * 2 > pages,
+                    "only {cached} of {pages} pages cached without drop_cache"
+                );
+            }
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 * (1 << 20) + 3);
+            sink.close().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -29,6 +29,7 @@ impl Sink {
                     cfg.file_max_bytes,
                     Duration::from_secs(cfg.file_max_age_s),
                     Duration::from_millis(cfg.file_fsync_ms),
+                    cfg.file_drop_cache,
                 )
                 .map_err(|e| format!("{}: {e}", dir.display()))?,
             ),

@@ -146,7 +146,7 @@ impl Spill {
             next_seq: found.last().map_or(1, |(s, _)| s + 1),
             bytes: 0,
             records: 0,
-            syncer: Syncer::new("spill"),
+            syncer: Syncer::new("spill", false),
         };
         let mut torn = 0;
         for (seq, path) in found {
