@@ -5,12 +5,7 @@
 /// Starts loading the `bytes` at `p` for reading.
 pub fn read<T>(p: *const T, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch is a hint (above).
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>().wrapping_add(line))
-        };
-    }
+    lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast(), bytes);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
 }
@@ -20,12 +15,17 @@ pub fn read<T>(p: *const T, bytes: usize) {
 /// that has it (`-C target-feature=+prfchw`), `prefetcht0` otherwise.
 pub fn write<T>(p: *const T, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch is a hint (above).
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.cast::<i8>().wrapping_add(line))
-        };
-    }
+    lines::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.cast(), bytes);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
+}
+
+/// One hint per 64-byte line of the `bytes` at `p`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lines<const HINT: i32>(p: *const i8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint (above).
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.wrapping_add(line)) };
+    }
 }

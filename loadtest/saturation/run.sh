@@ -13,11 +13,11 @@ ROOT=$(pwd)
 N=${N:-100000}
 DURATION=${DURATION:-96}
 WINDOWS=${WINDOWS:-8}
-command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 WORK=$(mktemp -d /tmp/cartlink-sat.XXXXXX)
 PID=
 trap '[ -n "$PID" ] && kill $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 source loadtest/lib.sh
+bench_need wrk wrk
 bench_bin
 bench_links
 bench_lua

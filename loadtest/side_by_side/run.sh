@@ -33,6 +33,8 @@ cd $ROOT && ROOT=$ROOT WORK=$WORK && source loadtest/lib.sh && bench_env "\$1"
 exec "\$2" serve
 SH
 chmod +x "$WORK/cartlink.sh"
+# Logs of an earlier run (with a cartlink-b this one may not have) must not be read below.
+rm -f /tmp/side-by-side-cartlink*.log
 status=0
 python3 "$BENCH/side-by-side" --paths "$WORK/paths.txt" --rounds "$ROUNDS" --duration "$DURATION" \
   --header "User-Agent: $BENCH_UA" --header "X-Forwarded-For: $BENCH_XFF" \

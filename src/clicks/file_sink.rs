@@ -10,7 +10,7 @@
 //! written. A reader should ignore a last line without its newline (a torn write).
 
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -61,8 +61,8 @@ impl FileSink {
         self.current.as_ref().map(|c| c.path.as_path())
     }
 
-    /// Appends `data` (the slices in order, all of them or an error).
-    pub fn write(&mut self, data: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    /// Appends `data`, all of it or an error.
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         let rotate = self
             .current
             .as_ref()
@@ -77,14 +77,13 @@ impl FileSink {
             self.open()?;
         }
         let cur = self.current.as_mut().expect("opened above");
-        let len: usize = data.iter().map(|s| s.len()).sum();
-        if let Err(e) = write_all_vectored(&mut cur.file, data) {
+        if let Err(e) = cur.file.write_all(data) {
             // A partial write leaves a torn tail; start the next attempt in a fresh file so
             // the torn record is alone at the end of this one.
             self.current = None;
             return Err(e);
         }
-        cur.bytes += len as u64;
+        cur.bytes += data.len() as u64;
         cur.dirty = true;
         if cur.synced.elapsed() >= self.fsync_every && self.syncer.pending() == 0 {
             self.syncer.request(&cur.file);
@@ -128,22 +127,6 @@ impl FileSink {
     }
 }
 
-/// `Write::write_all` for slices (std's `write_all_vectored` is not stable): `writev` takes at
-/// most `IOV_MAX` slices and may write part of them, so it goes on from where the kernel
-/// stopped.
-fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,8 +137,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut sink = FileSink::new(&dir, 100, Duration::from_secs(3600), Duration::ZERO, true).unwrap();
         for i in 0..10 {
-            sink.write(&mut [IoSlice::new(format!("{{\"n\":{i:043}}}\n").as_bytes())])
-                .unwrap();
+            sink.write(format!("{{\"n\":{i:043}}}\n").as_bytes()).unwrap();
         }
         sink.close().unwrap();
         let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
@@ -163,55 +145,6 @@ mod tests {
         assert_eq!(files.len(), 5, "two 50-byte lines fill a 100-byte file");
         let all: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
         assert_eq!(all.lines().count(), 10);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// Takes at most 7 bytes per call, across slices, like a kernel that writes part of an iovec.
-    struct Trickle(Vec<u8>);
-
-    impl Write for Trickle {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let n = buf.len().min(7);
-            self.0.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
-            let mut left = 7;
-            for b in bufs {
-                let n = b.len().min(left);
-                self.0.extend_from_slice(&b[..n]);
-                left -= n;
-                if left == 0 {
-                    break;
-                }
-            }
-            Ok(7 - left)
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn vectored_writes_go_on_after_partial_writes_and_past_iov_max() {
-        let records: Vec<String> = (0..3000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        let whole = records.concat();
-        let mut slices: Vec<IoSlice> = records.iter().map(|r| IoSlice::new(r.as_bytes())).collect();
-        let mut t = Trickle(Vec::new());
-        write_all_vectored(&mut t, &mut slices).unwrap();
-        assert_eq!(t.0, whole.as_bytes());
-
-        // A real file: 3,000 slices are more than one writev takes (IOV_MAX is 1,024).
-        let dir = std::env::temp_dir().join(format!("cartlink-fs-v-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), Duration::ZERO, true).unwrap();
-        let mut slices: Vec<IoSlice> = records.iter().map(|r| IoSlice::new(r.as_bytes())).collect();
-        sink.write(&mut slices).unwrap();
-        let path = sink.current_path().unwrap().to_owned();
-        sink.close().unwrap();
-        assert_eq!(std::fs::read_to_string(path).unwrap(), whole);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -259,11 +192,11 @@ mod tests {
                 panic!("the background sync did not finish in 10 s");
             };
             for _ in 0..8 {
-                sink.write(&mut [IoSlice::new(&chunk)]).unwrap();
+                sink.write(&chunk).unwrap();
             }
             // The last write may have found a sync still running: one more, synced, covers all.
             wait_for_sync(&sink);
-            sink.write(&mut [IoSlice::new(b"{}\n")]).unwrap();
+            sink.write(b"{}\n").unwrap();
             wait_for_sync(&sink);
             let path = sink.current_path().unwrap().to_owned();
             let (cached, pages) = resident(&path);

@@ -42,7 +42,7 @@ impl Sink {
     pub async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         match self {
             Sink::File(f) => f
-                .write(&mut [std::io::IoSlice::new(batch.body())])
+                .write(batch.body())
                 .map_err(|e| SinkError::new(ErrorKind::Io, e.to_string())),
             Sink::Http(h) => h.send(batch).await,
             Sink::Nats(n) => n.send(batch).await,
