@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::syncer::Syncer;
+use super::syncer::{Syncer, DROP_STEP};
 
 pub struct FileSink {
     dir: PathBuf,
@@ -30,6 +30,8 @@ struct Current {
     file: File,
     path: PathBuf,
     bytes: u64,
+    /// With drop_cache: bytes below this were written back and dropped, or are being.
+    dropped: u64,
     opened: Instant,
     synced: Instant,
     dirty: bool,
@@ -85,10 +87,16 @@ impl FileSink {
         }
         cur.bytes += data.len() as u64;
         cur.dirty = true;
-        if cur.synced.elapsed() >= self.fsync_every && self.syncer.pending() == 0 {
+        if self.syncer.pending() > 0 {
+            // The disk is behind; the next request covers what this one would have.
+        } else if cur.synced.elapsed() >= self.fsync_every {
             self.syncer.request(&cur.file);
             cur.synced = Instant::now();
             cur.dirty = false;
+            cur.dropped = cur.bytes;
+        } else if self.syncer.drops_cache() && cur.bytes - cur.dropped >= DROP_STEP {
+            self.syncer.drop_range(&cur.file, cur.dropped, cur.bytes);
+            cur.dropped = cur.bytes;
         }
         Ok(())
     }
@@ -119,6 +127,7 @@ impl FileSink {
             file,
             path,
             bytes: 0,
+            dropped: 0,
             opened: now,
             synced: now,
             dirty: false,
@@ -172,25 +181,69 @@ mod tests {
         }
     }
 
+    fn wait_for_sync(sink: &FileSink) {
+        for _ in 0..1000 {
+            if sink.syncer.pending() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the background sync did not finish in 10 s");
+    }
+
+    /// A directory for page-cache tests: under target/, not the temp dir, because a tmpfs
+    /// keeps its pages whatever the advice.
+    fn cache_test_dir(name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/cartlink-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn written_pages_leave_the_page_cache_step_by_step_between_syncs() {
+        for drop_cache in [true, false] {
+            let dir = cache_test_dir(&format!("fs-steps-{drop_cache}"));
+            // No periodic sync in this test: only the steps can drop pages.
+            let mut sink = FileSink::new(
+                &dir,
+                1 << 30,
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+                drop_cache,
+            )
+            .unwrap();
+            let mut piece = vec![b'y'; 64 << 10];
+            piece[(64 << 10) - 1] = b'\n';
+            for _ in 0..128 {
+                sink.write(&piece).unwrap();
+                wait_for_sync(&sink);
+            }
+            let (cached, pages) = resident(sink.current_path().unwrap());
+            assert_eq!(pages, (8 << 20) / 4096);
+            if drop_cache {
+                // At most the bytes since the last step, and the step's own rounding.
+                assert!(
+                    cached <= (DROP_STEP as usize) / 4096 + 16,
+                    "{cached} of {pages} pages still cached"
+                );
+            } else {
+                assert!(
+                    cached * 2 > pages,
+                    "only {cached} of {pages} pages cached without drop_cache"
+                );
+            }
+            sink.close().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
     #[test]
     fn synced_pages_leave_the_page_cache_only_with_drop_cache() {
-        // Under target/, not the temp dir: a tmpfs keeps its pages whatever the advice.
         for drop_cache in [true, false] {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("target/cartlink-fs-cache-{}-{drop_cache}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
+            let dir = cache_test_dir(&format!("fs-cache-{drop_cache}"));
             let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), Duration::ZERO, drop_cache).unwrap();
             let mut chunk = vec![b'x'; 1 << 20];
             chunk[(1 << 20) - 1] = b'\n';
-            let wait_for_sync = |sink: &FileSink| {
-                for _ in 0..1000 {
-                    if sink.syncer.pending() == 0 {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                panic!("the background sync did not finish in 10 s");
-            };
             for _ in 0..8 {
                 sink.write(&chunk).unwrap();
             }
