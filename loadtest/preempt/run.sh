@@ -2,7 +2,8 @@
 # Who takes the redirect worker's core: cartlink (full path, file sink) pinned to core 0 with
 # one worker, wrk -c64 on core 1, `perf sched record` on core 0 for a window in the middle of
 # the run. Prints, per run, how often the worker was preempted while runnable, for how long
-# (total, p50/p90/p99/max), and which threads ran in its place. This is the figure that
+# (total, p50/p90/p99/max), which threads ran in its place (in the waits over 0.3 ms too), and
+# how long the busiest threads ran at a stretch. This is the figure that
 # separates background-thread changes on a noisy VM, where p99 at 64 connections does not.
 #
 #   loadtest/preempt/run.sh                          # N=100000 links, 3 runs
