@@ -38,7 +38,8 @@ struct Current {
 }
 
 impl FileSink {
-    /// `drop_cache`: once synced, the files' pages leave the page cache ([`Syncer`]).
+    /// `drop_cache`: the files' pages leave the page cache once synced, and every [`DROP_STEP`]
+    /// bytes between syncs ([`Syncer`]).
     pub fn new(
         dir: &Path,
         max_bytes: u64,

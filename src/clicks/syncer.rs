@@ -83,7 +83,8 @@ impl Syncer {
             let _ = file.sync_data();
             return;
         };
-        if let Err(mpsc::SendError(Job::Sync(dup) | Job::Drop(dup, ..))) = self.send(Job::Sync(dup)) {
+        if let Err(mpsc::SendError(job)) = self.send(Job::Sync(dup)) {
+            let (Job::Sync(dup) | Job::Drop(dup, ..)) = job;
             let _ = dup.sync_data();
         }
     }
@@ -109,20 +110,17 @@ impl Syncer {
 
 fn write_back_and_drop(f: &File, start: u64, end: u64) {
     use std::os::fd::AsRawFd;
-    if end <= start {
-        return;
-    }
-    let (Ok(off), Ok(len)) = (i64::try_from(start), i64::try_from(end.saturating_sub(start))) else {
+    let bytes = end.saturating_sub(start);
+    let (Ok(off), Ok(len), Some(n)) = (
+        i64::try_from(start),
+        i64::try_from(bytes),
+        std::num::NonZeroU64::new(bytes),
+    ) else {
         return;
     };
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: a plain syscall on a descriptor this thread owns; no memory is passed.
     if unsafe { libc::sync_file_range(f.as_raw_fd(), off, len, flags) } == 0 {
-        let _ = rustix::fs::fadvise(
-            f,
-            start,
-            std::num::NonZeroU64::new(end - start),
-            rustix::fs::Advice::DontNeed,
-        );
+        let _ = rustix::fs::fadvise(f, start, Some(n), rustix::fs::Advice::DontNeed);
     }
 }
