@@ -3,4 +3,5 @@
 pub mod http;
 pub mod inventory;
 pub mod money;
+pub mod outbox;
 pub mod webhooks;
