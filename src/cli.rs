@@ -155,6 +155,10 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         .await;
         anyhow::Ok(())
     })?;
+    if let Some(p) = &app.payouts {
+        // Whatever is not delivered yet stays in the outbox for the next start.
+        p.shutdown();
+    }
     tracing::info!("flushing queued clicks");
     pipeline.shutdown(Instant::now() + grace);
     drop(rt);

@@ -64,10 +64,11 @@ impl Recorder {
         self.send(|line| click.encode(&self.edge, line));
     }
 
-    /// Hands another record (a JSON object with a `type` and a `<type>_id`) to the same stream.
-    pub fn emit(&self, record: &serde_json::Value) {
+    /// Hands another record (an encoded JSON object with a `type` and a `<type>_id`, on one
+    /// line) to the same stream.
+    pub fn emit(&self, json: &[u8]) {
         self.send(|line| {
-            let _ = serde_json::to_writer(&mut *line, record);
+            line.extend_from_slice(json);
             line.push(b'\n');
         });
     }

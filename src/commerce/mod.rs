@@ -4,4 +4,5 @@ pub mod http;
 pub mod inventory;
 pub mod money;
 pub mod outbox;
+pub mod payout;
 pub mod webhooks;
