@@ -200,6 +200,13 @@ fn start(name: &str, url: &str) -> Server {
     Server::start(name, LINKS, &env)
 }
 
+/// A receiver answering by `script`, and a server paying out to it.
+fn with_receiver(name: &str, script: &[Act]) -> (Receiver, Server) {
+    let rx = Receiver::start(script);
+    let s = start(name, &rx.url());
+    (rx, s)
+}
+
 /// The same server's data on a fresh process: SIGTERM, wait for exit 0, copy, start again.
 fn restart(mut s: Server, name: &str, url: &str) -> Server {
     s.signal("TERM");
@@ -254,8 +261,7 @@ fn metric_is(s: &Server, series: &str, want: f64) {
 
 #[test]
 fn commissions_are_posted_signed_and_byte_for_byte_the_stream_record() {
-    let rx = Receiver::start(&[]);
-    let s = start("payout-basic", &rx.url());
+    let (rx, s) = with_receiver("payout-basic", &[]);
     // 10 % of 123.45 is 12.345: 12.35 (half away from zero); SAM10 pays a flat 5.00.
     pay(&s, "w-1", &order(5_764_607_523_034_234_881, "123.45", "JANE15"));
     pay(&s, "w-2", &order(2, "40.00", "SAM10"));
@@ -283,8 +289,10 @@ fn commissions_are_posted_signed_and_byte_for_byte_the_stream_record() {
 #[test]
 fn a_stall_and_503s_are_retried_until_delivered_exactly_once() {
     // A stall past the 2 s payout timeout, then three 503s, then 200.
-    let rx = Receiver::start(&[Act::Stall(5000), Act::Status(503), Act::Status(503), Act::Status(503)]);
-    let s = start("payout-retry", &rx.url());
+    let (rx, s) = with_receiver(
+        "payout-retry",
+        &[Act::Stall(5000), Act::Status(503), Act::Status(503), Act::Status(503)],
+    );
     let started = Instant::now();
     pay(&s, "w-1", &order(7, "19.95", "JANE15"));
     let answered_in = started.elapsed();
@@ -341,8 +349,7 @@ fn the_outbox_survives_a_restart_while_the_receiver_is_down() {
 
 #[test]
 fn a_redelivery_after_a_restart_is_not_paid_twice() {
-    let rx = Receiver::start(&[]);
-    let s = start("payout-dedup", &rx.url());
+    let (rx, s) = with_receiver("payout-dedup", &[]);
     let paid = order(21, "19.95", "JANE15");
     pay(&s, "w-1", &paid);
     rx.wait_taken(1);
@@ -362,8 +369,7 @@ fn a_redelivery_after_a_restart_is_not_paid_twice() {
 
 #[test]
 fn a_400_is_dead_lettered_and_not_retried() {
-    let rx = Receiver::start(&[Act::Status(400)]);
-    let s = start("payout-400", &rx.url());
+    let (rx, s) = with_receiver("payout-400", &[Act::Status(400)]);
     pay(&s, "w-1", &order(31, "19.95", "JANE15"));
     metric_is(&s, "cartlink_payout_dead_letters_total", 1.0);
     assert_eq!(s.metric("cartlink_payout_failures_total{kind=\"status_4xx\"}"), 1.0);
@@ -387,8 +393,7 @@ fn a_400_is_dead_lettered_and_not_retried() {
 
 #[test]
 fn clawbacks_are_posted_with_negative_amounts() {
-    let rx = Receiver::start(&[]);
-    let s = start("payout-clawback", &rx.url());
+    let (rx, s) = with_receiver("payout-clawback", &[]);
     let paid = order(41, "123.45", "JANE15");
     pay(&s, "w-1", &paid);
     // A refund of 9.99 claws back 1.00 (10 %, rounded); the cancellation all of 12.35.

@@ -91,6 +91,22 @@ impl Recorder {
     }
 }
 
+/// Runs `work` on a thread of its own named `name`, with a current-thread runtime (I/O and
+/// timers) to drive its futures, so that work never runs on the request workers: the click
+/// pipeline, the payout sender.
+pub(crate) fn own_thread(
+    name: &str,
+    work: impl FnOnce(&tokio::runtime::Runtime) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        work(&rt);
+    })
+}
+
 /// At most one warning a second per process: a full queue means the pipeline thread is not
 /// keeping up, which an operator (or a benchmark that would otherwise look cheaper than it is)
 /// must see in the log as well as in the counter.

@@ -330,15 +330,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn scratch(name: &str) -> PathBuf {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cartlink-outbox-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+        crate::scratch_dir("outbox", name)
     }
 
     fn record(n: u8) -> (Arc<str>, Bytes) {

@@ -69,15 +69,7 @@ impl Payouts {
             metrics: metrics.clone(),
             wake: wake.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("payout".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("payout runtime");
-                rt.block_on(sender.run(stopped));
-            })
+        let thread = crate::clicks::own_thread("cartlink-payout", move |rt| rt.block_on(sender.run(stopped)))
             .map_err(|e| format!("payout thread: {e}"))?;
         Ok(Payouts {
             outbox,
