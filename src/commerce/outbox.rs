@@ -396,6 +396,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[test]
+    fn a_failed_append_queues_nothing_and_the_next_one_lands_whole() {
+        let dir = scratch("full");
+        let (o, _) = Outbox::open(&dir).unwrap();
+        o.enqueue(&[record(1)]).unwrap();
+        let journal = std::mem::replace(
+            &mut o.lock().journal,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        assert!(o.enqueue(&[record(2)]).is_err(), "ENOSPC");
+        assert_eq!(ids(&o), ["shopify:1:paid"], "nothing of the failed call is queued");
+        o.lock().journal = journal;
+        assert_eq!(
+            o.enqueue(&[record(2)]).unwrap().queued,
+            1,
+            "and it is not taken as known"
+        );
+        drop(o);
+        let (o, opened) = Outbox::open(&dir).unwrap();
+        assert_eq!(
+            (ids(&o), opened.torn_bytes),
+            (vec!["shopify:1:paid".to_string(), "shopify:2:paid".to_string()], 0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Enqueue(Vec<u8>),
