@@ -24,8 +24,12 @@ pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
         (Some(db), Some(path)) => format!(", geo database {} ({})", path.display(), db.database_type()),
         _ => String::new(),
     };
+    let payout = match &s.payout {
+        Some(p) => format!(", payouts to {}", p.url),
+        None => ", payouts off".into(),
+    };
     Ok(format!(
-        "ok: {} links in {}{geo}, sink {:?}\n",
+        "ok: {} links in {}{geo}, sink {:?}{payout}\n",
         table.len(),
         s.links.display(),
         s.sink
@@ -151,6 +155,10 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
         .await;
         anyhow::Ok(())
     })?;
+    if let Some(p) = &app.payouts {
+        // Whatever is not delivered yet stays in the outbox for the next start.
+        p.shutdown();
+    }
     tracing::info!("flushing queued clicks");
     pipeline.shutdown(Instant::now() + grace);
     drop(rt);

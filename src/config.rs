@@ -4,8 +4,8 @@
 //! Environment names: top-level keys are `CARTLINK_<KEY>` (`listen` → `CARTLINK_LISTEN`), keys
 //! in a section are `CARTLINK_<SECTION>_<KEY>` (`[cookie] domain` → `CARTLINK_COOKIE_DOMAIN`).
 //! Lists are comma-separated. Secrets never live in the file: they come from
-//! `CARTLINK_SIGNING_KEYS`, `CARTLINK_ADMIN_TOKEN`, `CARTLINK_SHOPIFY_WEBHOOK_SECRETS`, or from
-//! a file named by the same variable with `_FILE` appended.
+//! `CARTLINK_SIGNING_KEYS`, `CARTLINK_ADMIN_TOKEN`, `CARTLINK_SHOPIFY_WEBHOOK_SECRETS`,
+//! `CARTLINK_PAYOUT_SECRET`, or from a file named by the same variable with `_FILE` appended.
 
 use crate::links::signature::KeyRing;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,62 @@ pub struct Config {
     pub http: HttpConfig,
     pub tls: TlsConfig,
     pub unique: UniqueConfig,
+    pub payout: PayoutConfig,
+}
+
+/// Optional payouts: every commission record also POSTed, signed, to the payout system
+/// (`commerce::payout`). The signing secret is `CARTLINK_PAYOUT_SECRET`, never in this file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayoutConfig {
+    /// `http://` or `https://` endpoint of the payout or store-credit system; empty: payouts off.
+    pub url: String,
+    /// Longest wait for one POST's answer (then it is retried).
+    pub timeout_ms: u64,
+    /// First retry delay after a failed POST; doubles per failure…
+    pub retry_base_ms: u64,
+    /// …up to this cap (each delay jittered into [cap/2, cap]). Retries never stop.
+    pub retry_max_ms: u64,
+    /// Over https: a PEM file of extra trusted CA certificates (a private CA); empty: web PKI
+    /// roots only.
+    pub ca_file: String,
+}
+
+impl Default for PayoutConfig {
+    fn default() -> Self {
+        PayoutConfig {
+            url: String::new(),
+            timeout_ms: 10_000,
+            retry_base_ms: 500,
+            retry_max_ms: 60_000,
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// Validated payouts: on when `payout.url` is set, and then always with a secret.
+#[derive(Clone)]
+pub struct PayoutSettings {
+    pub url: http::Uri,
+    /// The HMAC-SHA256 key of `X-Cartlink-Signature`; never printed (`Debug` redacts it).
+    pub secret: String,
+    pub timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub ca_file: String,
+}
+
+impl std::fmt::Debug for PayoutSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayoutSettings")
+            .field("url", &self.url)
+            .field("secret", &"<set>")
+            .field("timeout", &self.timeout)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// A TLS listener beside the plain one (which stays for CDN-terminated set-ups).
@@ -219,6 +275,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             unique: UniqueConfig::default(),
+            payout: PayoutConfig::default(),
         }
     }
 }
@@ -355,6 +412,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub unique: UniqueConfig,
     pub secrets: Secrets,
+    /// `None`: payouts off.
+    pub payout: Option<PayoutSettings>,
 }
 
 pub struct Secrets {
@@ -527,6 +586,7 @@ impl Config {
             errs.push("unique.expected_per_day must be above 0 and unique.false_positive_rate in (0, 0.5)".into());
         }
         let secrets = load_secrets(env).map_err(|e| errs.push(e)).ok();
+        let payout = self.payout_settings(env).map_err(|e| errs.push(e)).ok().flatten();
         if !errs.is_empty() {
             return Err(ConfigError::Invalid(errs.join("\n")));
         }
@@ -570,6 +630,7 @@ impl Config {
             tls,
             unique: self.unique.clone(),
             secrets: secrets.expect(some),
+            payout,
         })
     }
 }
@@ -600,6 +661,45 @@ impl Config {
             cert_file: PathBuf::from(&t.cert_file),
             key_file: PathBuf::from(&t.key_file),
             handshake_timeout: Duration::from_millis(ms),
+        }))
+    }
+}
+
+impl Config {
+    fn payout_settings(&self, env: Env) -> Result<Option<PayoutSettings>, String> {
+        let p = &self.payout;
+        let url = p.url.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        // Messages name the scheme, never the whole URL: it could carry credentials.
+        let parsed = url::Url::parse(url).map_err(|e| format!("payout.url is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "payout.url must be http:// or https://, not `{}:`",
+                parsed.scheme()
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err("payout.url must not carry credentials: the receiver checks X-Cartlink-Signature".into());
+        }
+        let uri: http::Uri = url.parse().map_err(|_| "payout.url is not a request URI".to_string())?;
+        if p.timeout_ms == 0 || p.retry_base_ms == 0 {
+            return Err("payout.timeout_ms and payout.retry_base_ms must be above 0".into());
+        }
+        let secret = secret(env, "CARTLINK_PAYOUT_SECRET")?.ok_or(
+            "payout.url is set but CARTLINK_PAYOUT_SECRET (or CARTLINK_PAYOUT_SECRET_FILE) is not: payouts are always signed",
+        )?;
+        if secret.len() < 16 {
+            return Err("CARTLINK_PAYOUT_SECRET must be at least 16 characters".into());
+        }
+        Ok(Some(PayoutSettings {
+            url: uri,
+            secret,
+            timeout: Duration::from_millis(p.timeout_ms),
+            retry_base: Duration::from_millis(p.retry_base_ms),
+            retry_max: Duration::from_millis(p.retry_max_ms.max(p.retry_base_ms)),
+            ca_file: p.ca_file.clone(),
         }))
     }
 }
@@ -833,6 +933,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nats_retention"), "{e}");
+    }
+
+    #[test]
+    fn payouts_need_an_http_url_and_a_secret_from_the_environment() {
+        let settings = |pairs: &[(&str, &str)]| {
+            let env = env_of(pairs);
+            Config::load(Path::new("/nonexistent.toml"), false, &env)
+                .unwrap()
+                .validate(&env)
+        };
+        assert!(settings(&[]).unwrap().payout.is_none(), "off without a URL");
+        let s = settings(&[
+            ("CARTLINK_PAYOUT_URL", "https://payouts.example/hook"),
+            ("CARTLINK_PAYOUT_SECRET", "payout-secret-0123456789"),
+            ("CARTLINK_PAYOUT_RETRY_BASE_MS", "20"),
+            ("CARTLINK_PAYOUT_RETRY_MAX_MS", "250"),
+        ])
+        .unwrap();
+        let p = s.payout.as_ref().unwrap();
+        assert_eq!(
+            (p.url.to_string().as_str(), p.secret.as_str(), p.retry_max),
+            (
+                "https://payouts.example/hook",
+                "payout-secret-0123456789",
+                Duration::from_millis(250)
+            )
+        );
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("payout-secret"), "{printed}");
+        for (pairs, want) in [
+            (
+                &[
+                    ("CARTLINK_PAYOUT_URL", "ftp://payouts.example/"),
+                    ("CARTLINK_PAYOUT_SECRET", "payout-secret-0123456789"),
+                ][..],
+                "must be http:// or https://",
+            ),
+            (
+                &[("CARTLINK_PAYOUT_URL", "https://payouts.example/")][..],
+                "CARTLINK_PAYOUT_SECRET",
+            ),
+            (
+                &[
+                    ("CARTLINK_PAYOUT_URL", "https://payouts.example/"),
+                    ("CARTLINK_PAYOUT_SECRET", "short-secret"),
+                ][..],
+                "at least 16",
+            ),
+            (
+                &[
+                    ("CARTLINK_PAYOUT_URL", "https://user:pw-secret@payouts.example/"),
+                    ("CARTLINK_PAYOUT_SECRET", "payout-secret-0123456789"),
+                ][..],
+                "credentials",
+            ),
+        ] {
+            let e = settings(pairs).unwrap_err().to_string();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+            assert!(!e.contains("secret-"), "secrets never echoed: {e}");
+        }
     }
 
     #[test]

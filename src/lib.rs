@@ -24,3 +24,18 @@ pub mod prefetch;
 pub mod redirect;
 pub mod server;
 pub mod state;
+
+/// A fresh path under the system temp directory for one unit test (not created; removed if
+/// left over), unique per process and call.
+#[cfg(test)]
+pub(crate) fn scratch_dir(prefix: &str, name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "cartlink-{prefix}-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}

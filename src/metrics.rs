@@ -48,6 +48,13 @@ pub const UNIQUE_FILL: &str = "cartlink_unique_filter_fill_ratio";
 pub const WEBHOOKS: &str = "cartlink_webhooks_total";
 pub const SHED: &str = "cartlink_shed_total";
 pub const PIPELINE_YIELDS: &str = "cartlink_pipeline_yields_total";
+pub const PAYOUT_QUEUED: &str = "cartlink_payout_queued_total";
+pub const PAYOUT_DUPLICATES: &str = "cartlink_payout_duplicates_total";
+pub const PAYOUT_SENT: &str = "cartlink_payout_sent_total";
+pub const PAYOUT_FAILURES: &str = "cartlink_payout_failures_total";
+pub const PAYOUT_DEAD_LETTERS: &str = "cartlink_payout_dead_letters_total";
+pub const PAYOUT_PENDING: &str = "cartlink_payout_pending";
+pub const PAYOUT_OUTBOX_ERRORS: &str = "cartlink_payout_outbox_errors_total";
 
 /// Request latency buckets: fine between 50 µs and 20 ms, where p99 and p99.9 of a healthy
 /// redirect live, coarse above to still see pathological tails.
@@ -91,13 +98,20 @@ pub struct Drops {
     pub spill_error: Counter,
 }
 
-/// `cartlink_sink_errors_total{kind}`, one handle per [`crate::clicks::retry::ErrorKind`].
+/// A counter with a `kind` label, one handle per [`crate::clicks::retry::ErrorKind`]:
+/// `cartlink_sink_errors_total{kind}`, `cartlink_payout_failures_total{kind}`.
 #[derive(Clone)]
-pub struct SinkErrors {
+pub struct ByErrorKind {
     by_kind: [Counter; 8],
 }
 
-impl SinkErrors {
+impl ByErrorKind {
+    fn new(name: &'static str) -> ByErrorKind {
+        ByErrorKind {
+            by_kind: crate::clicks::retry::ErrorKind::ALL.map(|k| metrics::counter!(name, "kind" => k.label())),
+        }
+    }
+
     pub fn get(&self, kind: crate::clicks::retry::ErrorKind) -> &Counter {
         let i = crate::clicks::retry::ErrorKind::ALL
             .iter()
@@ -123,6 +137,25 @@ pub struct WebhookOutcomes {
     pub bad_payload: Counter,
 }
 
+/// The payout sender and its outbox (`commerce::payout`).
+#[derive(Clone)]
+pub struct PayoutMetrics {
+    /// Commission records written to the outbox.
+    pub queued: Counter,
+    /// Commission records not queued because their id was queued or delivered before.
+    pub duplicates: Counter,
+    /// Records the payout system acknowledged (2xx).
+    pub sent: Counter,
+    /// Failed POSTs by kind; all but `status_4xx` are retried.
+    pub failures: ByErrorKind,
+    /// Records refused for good and kept in `dead-letter.jsonl`.
+    pub dead_letters: Counter,
+    /// Records in the outbox not yet delivered or dead-lettered.
+    pub pending: Gauge,
+    /// Outbox writes that failed; the webhook was answered 503 so Shopify retries it.
+    pub outbox_errors: Counter,
+}
+
 /// Requests answered 503 without being handled: label `reason` of `cartlink_shed_total`.
 #[derive(Clone)]
 pub struct Shed {
@@ -145,7 +178,7 @@ pub struct Metrics {
     pub clicks_dropped: Drops,
     pub clicks_buffered: Level,
     pub sink_up: Gauge,
-    pub sink_errors: SinkErrors,
+    pub sink_errors: ByErrorKind,
     pub sink_retries: Counter,
     pub clicks_spilled: Counter,
     pub clicks_replayed: Counter,
@@ -170,6 +203,7 @@ pub struct Metrics {
     pub shed: Shed,
     /// Times a connection yielded to the others after a burst of pipelined requests.
     pub pipeline_yields: Counter,
+    pub payout: PayoutMetrics,
 }
 
 impl Metrics {
@@ -222,6 +256,28 @@ impl Metrics {
                 PIPELINE_YIELDS,
                 "Times an HTTP/1 connection yielded to the others after 2 pipelined requests answered without its client waiting."
             );
+            describe_counter!(PAYOUT_QUEUED, "Commission records written to the payout outbox.");
+            describe_counter!(
+                PAYOUT_DUPLICATES,
+                "Commission records not queued for payout: their id was queued or delivered before."
+            );
+            describe_counter!(PAYOUT_SENT, "Commission records the payout system acknowledged (2xx).");
+            describe_counter!(
+                PAYOUT_FAILURES,
+                "Failed payout POSTs, by kind; all but status_4xx are retried."
+            );
+            describe_counter!(
+                PAYOUT_DEAD_LETTERS,
+                "Commission records the payout system refused for good (4xx but 408/429), kept in the dead-letter file."
+            );
+            describe_gauge!(
+                PAYOUT_PENDING,
+                "Commission records in the payout outbox not yet delivered."
+            );
+            describe_counter!(
+                PAYOUT_OUTBOX_ERRORS,
+                "Payout outbox writes that failed; the webhook was answered 503 for Shopify to retry."
+            );
             let drop = |r: &'static str| counter!(CLICKS_DROPPED, "reason" => r);
             Metrics {
                 handle: handle.clone(),
@@ -241,9 +297,7 @@ impl Metrics {
                 },
                 clicks_buffered: Level::default(),
                 sink_up: gauge!(SINK_UP),
-                sink_errors: SinkErrors {
-                    by_kind: crate::clicks::retry::ErrorKind::ALL.map(|k| counter!(SINK_ERRORS, "kind" => k.label())),
-                },
+                sink_errors: ByErrorKind::new(SINK_ERRORS),
                 sink_retries: counter!(SINK_RETRIES),
                 clicks_spilled: counter!(CLICKS_SPILLED),
                 clicks_replayed: counter!(CLICKS_REPLAYED),
@@ -277,6 +331,15 @@ impl Metrics {
                     inflight: counter!(SHED, "reason" => "inflight"),
                 },
                 pipeline_yields: counter!(PIPELINE_YIELDS),
+                payout: PayoutMetrics {
+                    queued: counter!(PAYOUT_QUEUED),
+                    duplicates: counter!(PAYOUT_DUPLICATES),
+                    sent: counter!(PAYOUT_SENT),
+                    failures: ByErrorKind::new(PAYOUT_FAILURES),
+                    dead_letters: counter!(PAYOUT_DEAD_LETTERS),
+                    pending: gauge!(PAYOUT_PENDING),
+                    outbox_errors: counter!(PAYOUT_OUTBOX_ERRORS),
+                },
             }
         })
     }

@@ -11,6 +11,7 @@ use crate::audience::geo::GeoDb;
 use crate::audience::unique::UniqueFilter;
 use crate::clicks::Recorder;
 use crate::commerce::inventory::Inventory;
+use crate::commerce::payout::Payouts;
 use crate::commerce::webhooks::Webhooks;
 use crate::config::{Config, CookieSettings, Env, Settings};
 use crate::links::config::TargetConfig;
@@ -76,6 +77,8 @@ pub struct App {
     /// Stock levels; outlives every table (links bind to it when installed).
     pub inventory: Inventory,
     pub webhooks: Webhooks,
+    /// The payout outbox and sender, when `payout.url` is set.
+    pub payouts: Option<Payouts>,
     pub draining: AtomicBool,
     pub admin_token: Option<String>,
     reload: Mutex<ReloadSource>,
@@ -130,6 +133,10 @@ impl App {
         };
         metrics.config_generation.set(1.0);
         metrics.links_loaded.set(snapshot.links.len() as f64);
+        let payouts = match &settings.payout {
+            Some(p) => Some(Payouts::start(p, &settings.data_dir, metrics.payout.clone())?),
+            None => None,
+        };
         Ok(App {
             state: ArcSwap::from_pointee(snapshot),
             recorder,
@@ -141,6 +148,7 @@ impl App {
             ),
             inventory,
             webhooks: Webhooks::new(&settings.secrets.shopify_webhook_secrets),
+            payouts,
             draining: AtomicBool::new(false),
             admin_token: settings.secrets.admin_token.clone(),
             reload: Mutex::new(ReloadSource {

@@ -3,35 +3,11 @@
 //! commissions to the cent with clawbacks, and inventory levels reaching redirects.
 
 mod support;
-use base64::Engine;
-use ring::hmac;
 use support::*;
 
 const LINKS: &str = r#"{"id":"kit","creator":"jane","campaign":"s26","discount":"JANE15","target":{"type":"shopify_cart","shop":"brand.example","items":[{"variant":9007199254740993,"qty":1,"inventory_item":271878346596884015}]},"commission":{"rate_bp":1000},"stock":{"policy":"fallback","threshold":0},"fallback":"https://brand.example/waitlist"}
 {"id":"sam","creator":"sam","campaign":"mugs","discount":"SAM10","target":{"type":"url","url":"https://mugs.example/"},"commission":{"flat_minor":500}}
 "#;
-
-fn sig(secret: &str, body: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD
-        .encode(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body).as_ref())
-}
-
-fn deliver(s: &Server, path: &str, topic: &str, id: &str, body: &[u8], secret: &str) -> u16 {
-    let mac = sig(secret, body);
-    request(
-        s.public,
-        "POST",
-        path,
-        &[
-            ("X-Shopify-Topic", topic),
-            ("X-Shopify-Webhook-Id", id),
-            ("X-Shopify-Hmac-Sha256", &mac),
-            ("Content-Type", "application/json"),
-        ],
-        body,
-    )
-    .status
-}
 
 fn records_of(s: &Server, kind: &str) -> Vec<serde_json::Value> {
     s.clicks().into_iter().filter(|r| r["type"] == kind).collect()
@@ -69,14 +45,14 @@ fn orders_become_conversions_and_commissions_exactly_once() {
     // Ten concurrent deliveries of the same webhook: one conversion, one commission.
     let statuses: Vec<u16> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..10)
-            .map(|_| sc.spawn(|| deliver(&s, orders, "orders/paid", "d-1", paid.as_bytes(), "new-secret")))
+            .map(|_| sc.spawn(|| deliver_webhook(&s, orders, "orders/paid", "d-1", paid.as_bytes(), "new-secret")))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.iter().all(|&c| c == 200), "{statuses:?}");
     // Another delivery id for the same order (Shopify resends on a new event) is not re-applied.
     assert_eq!(
-        deliver(&s, orders, "orders/paid", "d-2", paid.as_bytes(), "old-secret"),
+        deliver_webhook(&s, orders, "orders/paid", "d-2", paid.as_bytes(), "old-secret"),
         200,
         "rotation: old secret accepted"
     );
@@ -105,7 +81,7 @@ fn orders_become_conversions_and_commissions_exactly_once() {
 
     // By discount code (flat 5.00), and unattributed.
     assert_eq!(
-        deliver(
+        deliver_webhook(
             &s,
             orders,
             "orders/paid",
@@ -116,7 +92,7 @@ fn orders_become_conversions_and_commissions_exactly_once() {
         200
     );
     assert_eq!(
-        deliver(
+        deliver_webhook(
             &s,
             orders,
             "orders/paid",
@@ -128,9 +104,12 @@ fn orders_become_conversions_and_commissions_exactly_once() {
     );
     // A refund of 9.99 on the clicked order claws back 1.00; cancelling claws back 2.00.
     let refund = br#"{"id":991,"order_id":5764607523034234881,"refund_line_items":[{"subtotal":9.99,"subtotal_set":{"shop_money":{"amount":"9.99","currency_code":"USD"}}}]}"#;
-    assert_eq!(deliver(&s, orders, "refunds/create", "d-5", refund, "new-secret"), 200);
     assert_eq!(
-        deliver(&s, orders, "orders/cancelled", "d-6", paid.as_bytes(), "new-secret"),
+        deliver_webhook(&s, orders, "refunds/create", "d-5", refund, "new-secret"),
+        200
+    );
+    assert_eq!(
+        deliver_webhook(&s, orders, "orders/cancelled", "d-6", paid.as_bytes(), "new-secret"),
         200
     );
     settle(&s);
@@ -166,8 +145,11 @@ fn forged_changed_and_oversized_deliveries_are_refused() {
     );
     let orders = "/webhooks/shopify/orders";
     let body = br#"{"id":1,"currency":"USD","current_subtotal_price":"1.00"}"#;
-    assert_eq!(deliver(&s, orders, "orders/paid", "x-1", body, "wrong-secret"), 401);
-    let mac = sig("new-secret", body);
+    assert_eq!(
+        deliver_webhook(&s, orders, "orders/paid", "x-1", body, "wrong-secret"),
+        401
+    );
+    let mac = shopify_hmac("new-secret", body);
     let mut changed = body.to_vec();
     changed[7] = b'2';
     let headers = [
@@ -200,7 +182,10 @@ fn forged_changed_and_oversized_deliveries_are_refused() {
     assert_eq!(s.metric("cartlink_webhooks_total{outcome=\"unauthorized\"}"), 3.0);
     // Without secrets the routes do not exist.
     let off = Server::start("webhooks-off", LINKS, &[]);
-    assert_eq!(deliver(&off, orders, "orders/paid", "x-3", body, "new-secret"), 404);
+    assert_eq!(
+        deliver_webhook(&off, orders, "orders/paid", "x-3", body, "new-secret"),
+        404
+    );
 }
 
 #[test]
@@ -222,7 +207,7 @@ fn inventory_webhooks_reach_the_next_redirect() {
         .starts_with("https://brand.example/cart/"));
     // Each delivery is applied (200) and decides the very next redirect.
     let deliver_then_redirect = |id: &str, n: i64, at: &str| {
-        let status = deliver(
+        let status = deliver_webhook(
             &s,
             inv,
             "inventory_levels/update",

@@ -22,7 +22,7 @@ use std::io::Write;
 use std::time::Duration;
 
 pub struct HttpSink {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpClient,
     uri: Uri,
     gzip: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -54,24 +54,14 @@ impl HttpSink {
         if let Some((n, v)) = &auth.header {
             add(n, v, true)?;
         }
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_millis(cfg.http_timeout_ms)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&cfg.http_ca_file)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let timeout = Duration::from_millis(cfg.http_timeout_ms);
+        let client = client(timeout, &cfg.http_ca_file, "pipeline.http_ca_file")?;
         Ok(HttpSink {
             client,
             uri,
             gzip: cfg.http_gzip,
             headers,
-            timeout: Duration::from_millis(cfg.http_timeout_ms),
+            timeout,
         })
     }
 
@@ -97,33 +87,61 @@ impl HttpSink {
         for (n, v) in &self.headers {
             req.headers_mut().insert(n.clone(), v.clone());
         }
-        let exchange = async {
-            // Refused, reset mid-batch, closed before the answer: all transport failures.
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| SinkError::new(ErrorKind::Connect, error_chain(&e)))?;
-            let status = resp.status().as_u16();
-            // Read the answer to the end so the connection goes back to the pool.
-            let _ = resp.into_body().collect().await;
-            match classify_status(status) {
-                None => Ok(()),
-                Some(kind) => Err(SinkError::new(kind, format!("HTTP {status}"))),
-            }
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(SinkError::new(
-                ErrorKind::Timeout,
-                format!("no answer within {:?}", self.timeout),
-            )),
+        exchange(&self.client, req, self.timeout).await
+    }
+}
+
+/// A keep-alive HTTP/1.1 client for `http://` and `https://` (rustls, web PKI roots plus the
+/// CAs in `ca_file`, named `ca_key` in errors); also what the payout sender posts with.
+pub(crate) fn client(timeout: Duration, ca_file: &str, ca_key: &str) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_file, ca_key)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
+}
+
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Sends one request and classifies the answer ([`classify_status`]); no answer within
+/// `timeout` is [`ErrorKind::Timeout`], a transport failure [`ErrorKind::Connect`].
+pub(crate) async fn exchange(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let exchange = async {
+        // Refused, reset mid-request, closed before the answer: all transport failures.
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| SinkError::new(ErrorKind::Connect, error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        // Read the answer to the end so the connection goes back to the pool.
+        let _ = resp.into_body().collect().await;
+        match classify_status(status) {
+            None => Ok(()),
+            Some(kind) => Err(SinkError::new(kind, format!("HTTP {status}"))),
         }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(SinkError::new(
+            ErrorKind::Timeout,
+            format!("no answer within {timeout:?}"),
+        )),
     }
 }
 
 /// rustls with the ring provider; web PKI roots plus the PEM certificates in `ca_file`.
-fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+fn tls_config(ca_file: &str, ca_key: &str) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -131,14 +149,12 @@ fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
     if !ca_file.is_empty() {
         let certs = CertificateDer::pem_file_iter(ca_file)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("pipeline.http_ca_file `{ca_file}`: {e}"))?;
+            .map_err(|e| format!("{ca_key} `{ca_file}`: {e}"))?;
         if certs.is_empty() {
-            return Err(format!("pipeline.http_ca_file `{ca_file}`: no certificate in it"));
+            return Err(format!("{ca_key} `{ca_file}`: no certificate in it"));
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("pipeline.http_ca_file `{ca_file}`: {e}"))?;
+            roots.add(c).map_err(|e| format!("{ca_key} `{ca_file}`: {e}"))?;
         }
     }
     rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))

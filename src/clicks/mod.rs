@@ -64,10 +64,11 @@ impl Recorder {
         self.send(|line| click.encode(&self.edge, line));
     }
 
-    /// Hands another record (a JSON object with a `type` and a `<type>_id`) to the same stream.
-    pub fn emit(&self, record: &serde_json::Value) {
+    /// Hands another record (an encoded JSON object with a `type` and a `<type>_id`, on one
+    /// line) to the same stream.
+    pub fn emit(&self, json: &[u8]) {
         self.send(|line| {
-            let _ = serde_json::to_writer(&mut *line, record);
+            line.extend_from_slice(json);
             line.push(b'\n');
         });
     }
@@ -88,6 +89,22 @@ impl Recorder {
             Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.clicks_dropped.shutdown.increment(1),
         }
     }
+}
+
+/// Runs `work` on a thread of its own named `name`, with a current-thread runtime (I/O and
+/// timers) to drive its futures, so that work never runs on the request workers: the click
+/// pipeline, the payout sender.
+pub(crate) fn own_thread(
+    name: &str,
+    work: impl FnOnce(&tokio::runtime::Runtime) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        work(&rt);
+    })
 }
 
 /// At most one warning a second per process: a full queue means the pipeline thread is not

@@ -113,24 +113,18 @@ pub fn start(
     let (stop_tx, stop_rx) = oneshot::channel();
     let cfg = cfg.clone();
     let m = metrics.clone();
-    let thread = std::thread::Builder::new()
-        .name("cartlink-clicks".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("pipeline runtime");
-            let shared = Shared {
-                spill: RefCell::new(spill),
-                metrics: m,
-                deadline: Cell::new(None),
-                stopping: Notify::new(),
-                wake: Notify::new(),
-                spill_failing: Cell::new(false),
-            };
-            rt.block_on(run(&shared, sink, Input { rings, queue: rx }, stop_rx, &cfg));
-        })
-        .map_err(|e| StartError::Sink(e.to_string()))?;
+    let thread = super::own_thread("cartlink-clicks", move |rt| {
+        let shared = Shared {
+            spill: RefCell::new(spill),
+            metrics: m,
+            deadline: Cell::new(None),
+            stopping: Notify::new(),
+            wake: Notify::new(),
+            spill_failing: Cell::new(false),
+        };
+        rt.block_on(run(&shared, sink, Input { rings, queue: rx }, stop_rx, &cfg));
+    })
+    .map_err(|e| StartError::Sink(e.to_string()))?;
     Ok((
         Recorder::new(hub, tx, metrics, edge),
         Pipeline {

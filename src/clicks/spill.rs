@@ -391,15 +391,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn dir(name: &str) -> PathBuf {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "cartlink-spill-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+        crate::scratch_dir("spill", name)
     }
 
     fn batch(from: u32, n: u32) -> Batch {

@@ -1,6 +1,9 @@
 //! `POST /webhooks/shopify/orders` and `POST /webhooks/shopify/inventory` on the public
 //! listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
-//! Answered as soon as the records are queued (well inside Shopify's 5 s).
+//! Answered as soon as the records are queued (well inside Shopify's 5 s): with payouts on,
+//! that is once the commission records are synced into the payout outbox, never after the
+//! payout system answers; if the outbox cannot take them, 503 and nothing is applied, so
+//! Shopify's retry applies the delivery whole.
 
 use super::inventory::Update;
 use super::webhooks::WebhookError;
@@ -8,6 +11,8 @@ use crate::redirect::Body;
 use crate::state::App;
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
+use serde_json::Value;
+use std::sync::Arc;
 
 fn answer(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
@@ -17,14 +22,9 @@ fn answer(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-/// Handles one verified-or-not delivery; `emit` receives the records to send to the sink.
-pub fn shopify(
-    app: &App,
-    path: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    emit: &mut dyn FnMut(serde_json::Value),
-) -> Response<Body> {
+/// Handles one verified-or-not delivery; its records go to the stream (and commissions to the
+/// payout outbox).
+pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
     let m = &app.metrics.webhooks;
     let inventory = match path {
         "/webhooks/shopify/orders" => false,
@@ -56,17 +56,48 @@ pub fn shopify(
     let result = if inventory {
         serde_json::from_slice::<Update>(body)
             .map_err(|e| e.to_string())
-            .and_then(|u| app.inventory.apply(&u).map(|_| ()))
+            .and_then(|u| app.inventory.apply(&u).map(|_| Vec::new()))
     } else {
+        // The snapshot is not held past this block (the outbox write below awaits).
         let snap = app.state.load();
         let ts = crate::clicks::record::rfc3339_ms(now_ms);
         hooks
             .order_records(topic, body, &snap.links, &ts, now_ms)
-            .map(|records| records.into_iter().for_each(&mut *emit))
+            .map(|mut records| {
+                for r in &mut records {
+                    r["edge"] = Value::from(&*snap.edge);
+                }
+                records
+            })
             .map_err(|e| e.to_string())
     };
     match result {
-        Ok(()) => {
+        Ok(records) => {
+            // Encoded once: the stream and the payout system get the same bytes.
+            let encoded: Vec<Vec<u8>> = records
+                .iter()
+                .map(|r| serde_json::to_vec(r).expect("a JSON value encodes"))
+                .collect();
+            if let Some(payouts) = &app.payouts {
+                let commissions: Vec<(Arc<str>, Bytes)> = records
+                    .iter()
+                    .zip(&encoded)
+                    .filter(|(r, _)| r["type"] == "commission")
+                    .filter_map(|(r, e)| Some((r["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
+                    .collect();
+                if !commissions.is_empty() {
+                    if let Err(e) = payouts.enqueue(commissions).await {
+                        // Neither streamed nor queued: Shopify's retry applies it whole.
+                        hooks.forget_records(&records);
+                        hooks.forget_delivery(delivery);
+                        tracing::error!(topic, error = %e, "payout outbox write failed; answered 503 for Shopify to retry");
+                        return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+                    }
+                }
+            }
+            for e in &encoded {
+                app.recorder.emit(e);
+            }
             m.applied.increment(1);
             answer(StatusCode::OK, "ok\n")
         }

@@ -3,4 +3,6 @@
 pub mod http;
 pub mod inventory;
 pub mod money;
+pub mod outbox;
+pub mod payout;
 pub mod webhooks;

@@ -174,6 +174,20 @@ impl Webhooks {
         self.deliveries.remove(webhook_id);
     }
 
+    /// Undoes [`Webhooks::order_records`] for records that could not be kept (the payout
+    /// outbox refused them), so Shopify's retry of the delivery makes them again.
+    pub fn forget_records(&self, records: &[Value]) {
+        for r in records {
+            let Some(order) = r["order_id"].as_u64() else { continue };
+            // Commissions are `shopify:ORDER:WHAT`; a conversion comes only from `paid`.
+            let what = r["commission_id"]
+                .as_str()
+                .and_then(|id| id.splitn(3, ':').nth(2))
+                .unwrap_or("paid");
+            self.emitted.remove(&(order, what.into()));
+        }
+    }
+
     fn once(&self, order: u64, what: &str, now_ms: u64) -> bool {
         let mut fresh = false;
         self.emitted.entry((order, what.into())).or_insert_with(|| {
@@ -444,6 +458,16 @@ mod tests {
             .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
             .unwrap();
         assert_eq!(r[0]["amount_minor"], -200);
+        // Forgotten records (their outbox write failed) are made again by the retry.
+        w.forget_records(&r);
+        let again = w
+            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
+            .unwrap();
+        assert_eq!(again, r);
+        let refunds = w
+            .order_records("refunds/create", refund.as_bytes(), &table, "t", 0)
+            .unwrap();
+        assert!(refunds.is_empty(), "not forgotten: still once");
     }
 
     #[test]

@@ -41,11 +41,7 @@ where
         Err(_) => return super::bad_request(),
     };
     if parts.method == http::Method::POST && parts.uri.path().starts_with("/webhooks/") {
-        let edge = app.state.load().edge.clone();
-        return crate::commerce::http::shopify(app, parts.uri.path(), &parts.headers, &body, &mut |mut record| {
-            record["edge"] = serde_json::Value::from(&*edge);
-            app.recorder.emit(&record);
-        });
+        return crate::commerce::http::shopify(app, parts.uri.path(), &parts.headers, &body).await;
     }
     app.metrics.outcomes.method_not_allowed.increment(1);
     let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
