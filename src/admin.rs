@@ -225,7 +225,11 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                             "destination": format!("{head}{tail}"),
                             "sig": snap.keys.sign(&link.id),
                             "max_clicks": link.max_clicks,
-                            "human_clicks": link.clicks.load(std::sync::atomic::Ordering::Relaxed),
+                            // Counted only toward a cap: the redirect path keeps no per-link
+                            // counter otherwise (the click records count everything).
+                            "human_clicks": link
+                                .max_clicks
+                                .map(|_| link.clicks.load(std::sync::atomic::Ordering::Relaxed)),
                             "generation": snap.generation,
                         }),
                     )

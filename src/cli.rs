@@ -28,8 +28,13 @@ pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
         Some(p) => format!(", payouts to {}", p.url),
         None => ", payouts off".into(),
     };
+    let keys = if s.secrets.demo_key {
+        "; signing with the PUBLIC DEMO KEY (CARTLINK_SIGNING_KEYS is not set): anyone can mint these links"
+    } else {
+        ""
+    };
     Ok(format!(
-        "ok: {} links in {}{geo}, sink {:?}{payout}\n",
+        "ok: {} links in {}{geo}, sink {:?}{payout}{keys}\n",
         table.len(),
         s.links.display(),
         s.sink
@@ -40,11 +45,28 @@ pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
 pub fn mint(config: &Path, explicit: bool, id: Option<&str>, sub: Option<&str>, all: bool) -> anyhow::Result<String> {
     let s = settings(config, explicit)?;
     let table = links::load(&s.links, &s.secrets.keys)?;
+    if s.secrets.demo_key {
+        // On stderr: stdout stays the list a script reads.
+        eprintln!("warning: CARTLINK_SIGNING_KEYS is not set: these links are signed with the PUBLIC DEMO KEY and anyone can mint them");
+    }
+    // The server keeps `sub` cleaned and capped; the URL carries it as it will be recorded.
+    let sub = match sub.map(|v| (v, crate::redirect::clean_sub(v))) {
+        Some((_, clean)) if clean.is_empty() => {
+            bail!("--sub has none of the characters a sub keeps ([A-Za-z0-9._~:-])")
+        }
+        Some((given, clean)) => {
+            if clean != given {
+                eprintln!("warning: --sub `{given}` is recorded as `{clean}` ([A-Za-z0-9._~:-], at most 64 characters); the link carries that");
+            }
+            Some(clean)
+        }
+        None => None,
+    };
     let url_for = |id: &str| -> String {
         let mut u = s.public_base_url.clone();
         let token = format!("{id}.{}", s.secrets.keys.sign(id));
         u.set_path(&token);
-        if let Some(sub) = sub {
+        if let Some(sub) = &sub {
             u.query_pairs_mut().append_pair("sub", sub);
         }
         u.into()
@@ -213,13 +235,8 @@ fn spawn_reload_on_hup(app: Arc<App>, tls: Option<Arc<server::tls::Tls>>) {
 /// The file's state is taken now, before the caller announces it is listening, so a change
 /// made right after start-up is not missed.
 fn watch_links(app: Arc<App>, every: Duration) -> impl std::future::Future<Output = ()> {
-    let stamp = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-    };
-    let loaded = stamp(&app.links_path());
-    watch_links_from(app, every, loaded, stamp)
+    let loaded = crate::state::file_stamp(&app.links_path());
+    watch_links_from(app, every, loaded, crate::state::file_stamp)
 }
 
 async fn watch_links_from(
@@ -243,6 +260,10 @@ async fn watch_links_from(
         }
         loaded = now;
         pending = None;
+        if app.links_file_is_as_written(now) {
+            // `PUT /admin/links` wrote it and already serves its table.
+            continue;
+        }
         let app = app.clone();
         let _ = tokio::task::spawn_blocking(move || app.reload(&process_env)).await;
     }

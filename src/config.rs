@@ -491,7 +491,21 @@ impl Config {
             .map_err(|e| errs.push(e))
             .ok();
         let public_base_url = url::Url::parse(&self.public_base_url)
-            .map_err(|e| errs.push(format!("public_base_url `{}`: {e}", self.public_base_url)))
+            .map_err(|e| format!("public_base_url `{}`: {e}", self.public_base_url))
+            .and_then(|u| {
+                // Links are served at the root (`/{id}.{sig}`): a path here would be dropped.
+                if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
+                    return Err(format!(
+                        "public_base_url `{}` must be a scheme and host only (links are served at `/{{id}}.{{sig}}`); a path, query or fragment is not kept",
+                        self.public_base_url
+                    ));
+                }
+                if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                    return Err(format!("public_base_url `{}` must be an http(s) URL with a host", self.public_base_url));
+                }
+                Ok(u)
+            })
+            .map_err(|e| errs.push(e))
             .ok();
         let fallback = (!self.fallback.is_empty()).then(|| self.fallback.clone());
         if let Some(f) = &fallback {
@@ -565,9 +579,14 @@ impl Config {
             errs.push("http.max_headers and http.header_read_timeout_ms must be above 0".into());
         }
         let h = &self.http;
-        if h.keepalive_idle_ms == 0 || h.write_timeout_ms == 0 || h.max_connections == 0 || h.max_body_bytes == 0 {
+        if h.keepalive_idle_ms == 0
+            || h.write_timeout_ms == 0
+            || h.max_connections == 0
+            || h.max_body_bytes == 0
+            || h.max_inflight == 0
+        {
             errs.push(
-                "http.keepalive_idle_ms, write_timeout_ms, max_connections and max_body_bytes must be above 0".into(),
+                "http.keepalive_idle_ms, write_timeout_ms, max_connections, max_body_bytes and max_inflight must be above 0 (max_inflight 0 would shed every request)".into(),
             );
         }
         let tls = self.tls_settings().map_err(|e| errs.push(e)).ok().flatten();
@@ -1004,6 +1023,27 @@ mod tests {
         let e = Config::default().validate(&env).unwrap_err().to_string();
         assert!(e.contains("at least 32"), "{e}");
         assert!(!e.contains("c2hvcnQ"), "secrets never echoed: {e}");
+        for base in [
+            "https://go.brand.example/base/",
+            "https://go.brand.example/?x=1",
+            "ftp://go.brand.example",
+        ] {
+            let env = env_of(&[("CARTLINK_PUBLIC_BASE_URL", base)]);
+            let c = Config::load(Path::new("/nonexistent.toml"), false, &env).unwrap();
+            let e = c.validate(&env).unwrap_err().to_string();
+            assert!(e.contains("public_base_url"), "{base}: {e}");
+        }
+        let env = env_of(&[("CARTLINK_PUBLIC_BASE_URL", "https://go.brand.example")]);
+        let c = Config::load(Path::new("/nonexistent.toml"), false, &env).unwrap();
+        assert_eq!(
+            c.validate(&env).unwrap().public_base_url.as_str(),
+            "https://go.brand.example/"
+        );
+        // 0 is no "unlimited" here: it would shed every redirect while /healthz says ok.
+        let env = env_of(&[("CARTLINK_HTTP_MAX_INFLIGHT", "0")]);
+        let c = Config::load(Path::new("/nonexistent.toml"), false, &env).unwrap();
+        let e = c.validate(&env).unwrap_err().to_string();
+        assert!(e.contains("max_inflight must be above 0"), "{e}");
     }
 
     #[test]

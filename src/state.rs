@@ -84,6 +84,18 @@ pub struct App {
     reload: Mutex<ReloadSource>,
     /// The links file being served, readable without waiting for a reload in progress.
     links_file: ArcSwap<PathBuf>,
+    /// The links file as `PUT /admin/links` last wrote it (its [`file_stamp`]), so the file
+    /// watcher does not load again what that request already installed.
+    written: Mutex<Option<FileStamp>>,
+}
+
+/// What the file watcher compares: modification time and length.
+pub type FileStamp = (std::time::SystemTime, u64);
+
+pub fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH), m.len()))
 }
 
 /// Where reloads read from.
@@ -158,6 +170,7 @@ impl App {
                 keys,
             }),
             links_file: ArcSwap::from_pointee(settings.links.clone()),
+            written: Mutex::new(None),
         })
     }
 
@@ -194,7 +207,13 @@ impl App {
         let tmp = src.links_path.with_extension("jsonl.tmp");
         let write = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &src.links_path));
         self.counted(write.map_err(|e| ReloadError::Other(format!("{}: {e}", src.links_path.display()))))?;
+        *self.written.lock().expect("written lock") = file_stamp(&src.links_path);
         Ok(self.install(&src, table, None))
+    }
+
+    /// True when the links file is as `PUT /admin/links` last wrote it, whose table serves.
+    pub fn links_file_is_as_written(&self, stamp: Option<FileStamp>) -> bool {
+        stamp.is_some() && *self.written.lock().expect("written lock") == stamp
     }
 
     fn counted<T>(&self, r: Result<T, ReloadError>) -> Result<T, ReloadError> {

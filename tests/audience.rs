@@ -162,9 +162,15 @@ fn bots_previews_and_prefetch_are_answered_never_counted() {
     assert_eq!(s.metric("cartlink_clicks_total{kind=\"human\"}"), 0.0);
     assert_eq!(s.metric("cartlink_clicks_total{kind=\"bot\"}"), n as f64);
     // Now humans: exactly three reach the target, the rest the fallback.
-    let locs: Vec<String> = (0..5)
-        .map(|i| get(&s, "capped", &[("X-Test", &i.to_string())]).location().to_string())
+    let resps: Vec<Resp> = (0..5)
+        .map(|i| get(&s, "capped", &[("X-Test", &i.to_string())]))
         .collect();
+    let locs: Vec<String> = resps.iter().map(|r| r.location().to_string()).collect();
+    // Past the cap the link attributes nothing: no cookie.
+    let cookies: Vec<bool> = resps.iter().map(|r| r.header("set-cookie").is_some()).collect();
+    assert_eq!(cookies, [true, true, true, false, false]);
+    let v: serde_json::Value = serde_json::from_slice(&s.admin("GET", "/admin/links/capped", b"").body).unwrap();
+    assert_eq!(v["human_clicks"], 5, "{v}");
     assert!(
         locs[..3]
             .iter()

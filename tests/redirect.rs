@@ -61,6 +61,9 @@ fn every_target_type_has_its_exact_location() {
             "{id}"
         );
         assert!(r.body.is_empty(), "{id}: tiny body");
+        // Paused and expired links attribute nothing: no cookie.
+        let inactive = id == "paused" || id == "expired";
+        assert_eq!(r.header("set-cookie").is_none(), inactive, "{id}");
         ids.push((id, r.click_id()));
     }
     // Every redirect left a record with the same click ID.
@@ -181,6 +184,30 @@ fn key_rotation_keeps_old_links_working() {
 }
 
 #[test]
+fn a_buy_destination_answers_303_whatever_the_links_redirect() {
+    // A 307 link whose iPhone visitors go to a `/buy` cart: UCP's 303 wins for them.
+    const MIXED: &str = r#"{"id":"mixed","creator":"jane","campaign":"s26","redirect":307,"target":{"type":"url","url":"https://brand.example/p"},"device":{"ios":{"type":"shopify_cart","format":"buy","shop":"brand.example","items":[{"variant":7,"qty":1}]}}}
+"#;
+    let s = Server::start("buy-status", MIXED, &[]);
+    let ios = get(&s, "mixed", "");
+    assert_eq!(ios.status, 303);
+    assert_eq!(ios.header("referrer-policy"), Some("no-referrer"));
+    assert!(
+        ios.location().starts_with("https://brand.example/buy/7:1?"),
+        "{}",
+        ios.location()
+    );
+    let android = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
+    let other = s.get(&path_for("mixed"), &[("User-Agent", android)]);
+    assert_eq!(other.status, 307);
+    assert!(other.header("referrer-policy").is_none());
+    let records = s.wait_clicks(2);
+    let mut statuses: Vec<_> = records.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [303, 307], "the record carries the status sent");
+}
+
+#[test]
 fn head_and_bots_are_answered_but_not_counted() {
     let s = Server::start("bots", LINKS, &[]);
     let head = request(s.public, "HEAD", &path_for("kit"), &[("User-Agent", IPHONE)], b"");
@@ -247,6 +274,14 @@ fn cookie_policies_and_tampering() {
     let second = records.iter().find(|r| r["link_id"] == "woo").unwrap();
     assert_eq!(second["attributed_to"], a.click_id().as_str());
     assert_ne!(second["click_id"], a.click_id().as_str());
+    // A paused link neither sets nor reads the cookie: nothing is credited through it.
+    let p = first.get(&path_for("paused"), &[("User-Agent", IPHONE), ("Cookie", &cookie)]);
+    assert!(p.header("set-cookie").is_none());
+    assert_ne!(p.click_id(), a.click_id());
+    let records = first.wait_clicks(3);
+    let paused = records.iter().find(|r| r["link_id"] == "paused").unwrap();
+    assert_eq!(paused["served"], "fallback");
+    assert!(paused["attributed_to"].is_null());
 
     // Tampered, duplicated, oversized, or signed under another key: ignored, fresh cookie issued.
     let value = cookie.split_once('=').unwrap().1.to_string();
@@ -302,6 +337,10 @@ fn admin_api_needs_the_token_and_shows_links() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["creator"], "jane");
     assert_eq!(v["sig"], sign(KEYS, "kit"));
+    assert!(
+        v["human_clicks"].is_null(),
+        "no max_clicks: not counted, so not a 0: {v}"
+    );
     assert_eq!(s.admin("GET", "/admin/links/nope", b"").status, 404);
     let off = Server::start("admin-off", LINKS, &[("CARTLINK_ADMIN_TOKEN", "")]);
     assert_eq!(

@@ -103,6 +103,48 @@ fn bad_files_are_rejected_with_their_line_and_the_old_table_keeps_serving() {
 }
 
 #[test]
+fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
+    let dir = scratch("mint");
+    let links = dir.join("links.jsonl");
+    std::fs::write(&links, format!("{}\n", link("a", "https://a.example/"))).unwrap();
+    let run = |args: &[&str], keys: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cartlink"));
+        cmd.args(args)
+            .current_dir(&dir)
+            .env("CARTLINK_LINKS", &links)
+            .env_remove("CARTLINK_SIGNING_KEYS");
+        if let Some(k) = keys {
+            cmd.env("CARTLINK_SIGNING_KEYS", k);
+        }
+        let out = cmd.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, url, err) = run(&["mint", "a", "--sub", "reel 1&x=<y>"], None);
+    assert!(ok, "{err}");
+    assert!(err.contains("PUBLIC DEMO KEY"), "{err}");
+    assert!(err.contains("recorded as `reel1xy`"), "{err}");
+    assert!(url.trim_end().ends_with("?sub=reel1xy"), "{url}");
+    let (ok, list, err) = run(&["mint", "--all"], None);
+    assert!(
+        ok && list.starts_with("a\t") && err.contains("PUBLIC DEMO KEY"),
+        "{list} {err}"
+    );
+    let (ok, out, _) = run(&["check"], None);
+    assert!(ok && out.contains("PUBLIC DEMO KEY"), "{out}");
+
+    let key = "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY";
+    let (ok, url, err) = run(&["mint", "a", "--sub", "reel-1"], Some(key));
+    assert!(ok && err.is_empty(), "{err}");
+    assert!(url.trim_end().ends_with("?sub=reel-1"), "{url}");
+    let (ok, out, _) = run(&["check"], Some(key));
+    assert!(ok && !out.contains("DEMO"), "{out}");
+    let (ok, _, err) = run(&["mint", "a", "--sub", "&&&"], Some(key));
+    assert!(!ok && err.contains("--sub"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn check_command_names_file_and_line() {
     let dir = scratch("check");
     let links = dir.join("links.jsonl");
@@ -152,6 +194,39 @@ fn the_links_file_is_watched() {
         s.get(&path_for("new"), &[("User-Agent", IPHONE)]).status == 302
     });
     assert_eq!(s.metric("cartlink_config_generation"), 2.0);
+}
+
+#[test]
+fn a_table_put_through_the_admin_api_is_not_loaded_again_by_the_watcher() {
+    let s = Server::start(
+        "reload-put-watch",
+        &format!("{}\n", link("a", "https://a.example/")),
+        &[("CARTLINK_WATCH_LINKS_MS", "50")],
+    );
+    let two = format!(
+        "{}\n{}\n",
+        link("a", "https://a.example/"),
+        link("b", "https://b.example/")
+    );
+    assert_eq!(s.admin("PUT", "/admin/links", two.as_bytes()).status, 200);
+    assert_eq!(s.metric("cartlink_config_generation"), 2.0);
+    // Ten watcher intervals: the file changed, but into what already serves.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.metric("cartlink_config_generation"),
+        2.0,
+        "reloaded the PUT's own file again"
+    );
+    // An edit after the PUT is still picked up.
+    std::fs::write(
+        s.dir.join("links.jsonl"),
+        format!("{two}{}\n", link("c", "https://c.example/")),
+    )
+    .unwrap();
+    wait_for("the watcher to load the edit", || {
+        s.get(&path_for("c"), &[("User-Agent", IPHONE)]).status == 302
+    });
+    assert_eq!(s.metric("cartlink_config_generation"), 3.0);
 }
 
 /// 100 swaps through `PUT /admin/links` while clients hammer: zero failed requests, and

@@ -284,7 +284,11 @@ fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Lin
     let redirect = match (raw.redirect, target.see_other) {
         (None, true) => 303,
         (None, false) => 302,
-        (Some(301 | 308), true) => return Err("the Shopify `/buy` format must not answer 301 or 308".into()),
+        (Some(code), true) if code != 303 => {
+            return Err(format!(
+                "the Shopify `/buy` format answers 303 (UCP requires it), not `redirect` {code}: leave `redirect` out"
+            ))
+        }
         (Some(code @ (301 | 302 | 303 | 307 | 308)), _) => code,
         (Some(code), _) => return Err(format!("`redirect` {code} must be one of 301, 302, 303, 307, 308")),
     };
@@ -1020,6 +1024,23 @@ mod tests {
             assert!(err.0[0].reason.contains("the file changed while being read"), "{err}");
         }
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_buy_target_takes_no_redirect_but_303() {
+        let buy =
+            r#""target":{"type":"shopify_cart","format":"buy","shop":"b.example","items":[{"variant":1,"qty":1}]}"#;
+        for code in [301, 302, 307, 308] {
+            let l = format!(r#"{{"id":"b","creator":"c","campaign":"k",{buy},"redirect":{code}}}"#);
+            let e = parse(&l, "f", &keys()).unwrap_err().to_string();
+            assert!(e.contains("f:1:") && e.contains("answers 303"), "{code}: {e}");
+        }
+        for l in [
+            format!(r#"{{"id":"b","creator":"c","campaign":"k",{buy},"redirect":303}}"#),
+            format!(r#"{{"id":"b","creator":"c","campaign":"k",{buy}}}"#),
+        ] {
+            assert_eq!(parse(&l, "f", &keys()).unwrap().get(b"b").unwrap().redirect, 303);
+        }
     }
 
     #[test]

@@ -125,6 +125,10 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             headers,
         },
     );
+    // A paused, expired or capped link attributes nothing: no cookie, so under `first_click` a
+    // later click on a live link is not credited to it. (A stock fallback below still
+    // attributes: the link is live, its cart is not.)
+    let inactive = served == Served::Fallback;
     // Stock: one atomic per watched item; only an out-of-stock cart is rendered here.
     let restocked;
     let mut oos: Box<[u64]> = Box::default();
@@ -147,14 +151,16 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             }
         }
     }
+    // A `/buy` permalink is always 303 (UCP), whichever of the link's targets it is.
     let status = match served {
         Served::Fallback => 302,
+        _ if dest.see_other => 303,
         _ => link.redirect,
     };
 
     let mut attributed_to = None;
     let mut set_cookie = None;
-    if !bot {
+    if !bot && !inactive {
         let c = &view.cookie;
         if c.policy == CookiePolicy::FirstClick {
             attributed_to =
@@ -337,11 +343,7 @@ fn read_query(query: &str, dest: &Destination, mut out: Option<&mut String>) -> 
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         if k == "sub" {
             if sub.is_none() {
-                let clean: String = v
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':'))
-                    .take(MAX_SUB)
-                    .collect();
+                let clean = clean_sub(&v);
                 sub = (!clean.is_empty()).then(|| clean.into_boxed_str());
             }
             continue;
@@ -358,6 +360,14 @@ fn read_query(query: &str, dest: &Destination, mut out: Option<&mut String>) -> 
         push_extra(out, dest.extras, FORWARDABLE[i], &v);
     }
     sub
+}
+
+/// `sub` as the click record keeps it: `[A-Za-z0-9._~:-]` only, at most `MAX_SUB` characters.
+pub fn clean_sub(v: &str) -> String {
+    v.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':'))
+        .take(MAX_SUB)
+        .collect()
 }
 
 fn push_extra(out: &mut String, mode: Extras, key: &str, value: &str) {
