@@ -12,6 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub fn settings(config: &Path, explicit: bool) -> anyhow::Result<Settings> {
     let cfg = Config::load(config, explicit, &process_env)?;
+    for name in crate::config::unknown_env_names(std::env::vars().map(|(k, _)| k)) {
+        // On stderr for every command (the log is not set up for mint and check).
+        eprintln!("warning: {name} is not a cartlink setting and is ignored (misspelt?)");
+    }
     Ok(cfg.validate(&process_env)?)
 }
 

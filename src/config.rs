@@ -780,6 +780,46 @@ fn overlay_env(value: &mut toml::Value, prefix: &str, env: Env) -> Result<(), Co
     Ok(())
 }
 
+/// Secrets and credentials, read from the environment only (each also as `NAME_FILE`).
+const ENV_SECRETS: [&str; 6] = [
+    "CARTLINK_SIGNING_KEYS",
+    "CARTLINK_ADMIN_TOKEN",
+    "CARTLINK_SHOPIFY_WEBHOOK_SECRETS",
+    "CARTLINK_PAYOUT_SECRET",
+    "CARTLINK_SINK_BEARER_TOKEN",
+    "CARTLINK_SINK_AUTH_HEADER",
+];
+
+/// The `CARTLINK_*` names among `names` that cartlink does not read: a misspelt override is
+/// otherwise silently ignored.
+pub fn unknown_env_names(names: impl Iterator<Item = String>) -> Vec<String> {
+    fn known(value: &toml::Value, prefix: &str, out: &mut std::collections::HashSet<String>) {
+        let toml::Value::Table(table) = value else { return };
+        for (key, slot) in table {
+            let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+            known(slot, &name, out);
+            out.insert(name);
+        }
+    }
+    let mut names_read = std::collections::HashSet::new();
+    known(
+        &toml::Value::try_from(Config::default()).expect("defaults serialize"),
+        "CARTLINK",
+        &mut names_read,
+    );
+    for name in ENV_SECRETS {
+        names_read.insert(name.to_string());
+        names_read.insert(format!("{name}_FILE"));
+    }
+    // Read by the scripts in loadtest/, which pass their environment on.
+    names_read.extend(["CARTLINK_BIN".to_string(), "CARTLINK_BIN_B".to_string()]);
+    let mut unknown: Vec<String> = names
+        .filter(|n| n.starts_with("CARTLINK_") && !names_read.contains(n))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 fn parse_sink(text: &str) -> Result<SinkSettings, String> {
     if let Some(rest) = text.strip_prefix("file://") {
         if rest.is_empty() {
@@ -1044,6 +1084,26 @@ mod tests {
         let c = Config::load(Path::new("/nonexistent.toml"), false, &env).unwrap();
         let e = c.validate(&env).unwrap_err().to_string();
         assert!(e.contains("max_inflight must be above 0"), "{e}");
+    }
+
+    #[test]
+    fn unknown_environment_names_are_found_and_known_ones_are_not() {
+        let names = [
+            "CARTLINK_LISTEN",
+            "CARTLINK_HTTP_MAX_INFLIGHT",
+            "CARTLINK_PIPELINE_QUEUE_CAPACITY",
+            "CARTLINK_PAYOUT_URL",
+            "CARTLINK_SIGNING_KEYS_FILE",
+            "CARTLINK_ADMIN_TOKEN",
+            "CARTLINK_SINK_AUTH_HEADER",
+            "CARTLINK_LISTN",
+            "CARTLINK_HTTP_MAX_INFLIGT",
+            "PATH",
+        ];
+        assert_eq!(
+            unknown_env_names(names.iter().map(|n| n.to_string())),
+            ["CARTLINK_HTTP_MAX_INFLIGT", "CARTLINK_LISTN"]
+        );
     }
 
     #[test]

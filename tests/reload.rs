@@ -109,10 +109,10 @@ fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
     std::fs::write(&links, format!("{}\n", link("a", "https://a.example/"))).unwrap();
     let run = |args: &[&str], keys: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cartlink"));
-        cmd.args(args)
-            .current_dir(&dir)
-            .env("CARTLINK_LINKS", &links)
-            .env_remove("CARTLINK_SIGNING_KEYS");
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CARTLINK_")) {
+            cmd.env_remove(name);
+        }
+        cmd.args(args).current_dir(&dir).env("CARTLINK_LINKS", &links);
         if let Some(k) = keys {
             cmd.env("CARTLINK_SIGNING_KEYS", k);
         }
@@ -141,6 +141,20 @@ fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
     assert!(ok && !out.contains("DEMO"), "{out}");
     let (ok, _, err) = run(&["mint", "a", "--sub", "&&&"], Some(key));
     assert!(!ok && err.contains("--sub"), "{err}");
+    // A misspelt override is named, not silently ignored.
+    let out = Command::new(env!("CARGO_BIN_EXE_cartlink"))
+        .arg("check")
+        .current_dir(&dir)
+        .env("CARTLINK_LINKS", &links)
+        .env("CARTLINK_SIGNING_KEYS", key)
+        .env("CARTLINK_HTTP_MAX_INFLIGT", "10")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("CARTLINK_HTTP_MAX_INFLIGT is not a cartlink setting"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
