@@ -11,6 +11,7 @@ use crate::audience::geo::GeoDb;
 use crate::audience::unique::UniqueFilter;
 use crate::clicks::Recorder;
 use crate::commerce::inventory::Inventory;
+use crate::commerce::ledger::Ledger;
 use crate::commerce::payout::Payouts;
 use crate::commerce::webhooks::Webhooks;
 use crate::config::{Config, CookieSettings, Env, Settings};
@@ -145,6 +146,13 @@ impl App {
         };
         metrics.config_generation.set(1.0);
         metrics.links_loaded.set(snapshot.links.len() as f64);
+        // Only with webhooks on: the ledger is theirs, and a server without them writes nothing.
+        let ledger = if settings.secrets.shopify_webhook_secrets.is_empty() {
+            Ledger::in_memory()
+        } else {
+            let dir = settings.data_dir.join("commerce");
+            Ledger::open(&dir).map_err(|e| format!("commission ledger {}: {e}", dir.display()))?
+        };
         let payouts = match &settings.payout {
             Some(p) => Some(Payouts::start(p, &settings.data_dir, metrics.payout.clone())?),
             None => None,
@@ -159,7 +167,7 @@ impl App {
                 today(),
             ),
             inventory,
-            webhooks: Webhooks::new(&settings.secrets.shopify_webhook_secrets),
+            webhooks: Webhooks::new(&settings.secrets.shopify_webhook_secrets, ledger),
             payouts,
             draining: AtomicBool::new(false),
             admin_token: settings.secrets.admin_token.clone(),

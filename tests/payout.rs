@@ -368,6 +368,46 @@ fn a_redelivery_after_a_restart_is_not_paid_twice() {
 }
 
 #[test]
+fn clawbacks_after_a_restart_take_back_exactly_what_was_paid() {
+    let (rx, s) = with_receiver("payout-ledger", &[]);
+    let paid = order(51, "123.45", "JANE15");
+    pay(&s, "w-1", &paid);
+    let refund = |id: u64, amount: &str| {
+        format!(
+            r#"{{"id":{id},"order_id":51,"refund_line_items":[{{"subtotal_set":{{"shop_money":{{"amount":"{amount}","currency_code":"USD"}}}}}}]}}"#
+        )
+    };
+    let deliver = |s: &Server, topic: &str, id: &str, body: &str| {
+        assert_eq!(deliver_webhook(s, ORDERS, topic, id, body.as_bytes(), SHOP_SECRET), 200);
+    };
+    deliver(&s, "refunds/create", "w-2", &refund(901, "9.99"));
+    rx.wait_taken(2);
+    // The process that saw the order paid is gone; its ledger on disk is not.
+    let s = restart(s, "payout-ledger-2", &rx.url());
+    deliver(&s, "refunds/create", "w-3", &refund(902, "20.00"));
+    deliver(&s, "orders/cancelled", "w-4", &paid);
+    deliver(&s, "refunds/create", "w-5", &refund(903, "50.00"));
+    rx.wait_taken(4);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen: Vec<(String, i64)> = rx
+        .got()
+        .iter()
+        .map(|g| (g.idempotency_key.clone(), g.json()["amount_minor"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("shopify:51:paid".to_string(), 1235),
+            ("shopify:51:refund:901".to_string(), -100),
+            ("shopify:51:refund:902".to_string(), -200),
+            ("shopify:51:cancelled".to_string(), -935),
+        ],
+        "a refund after the cancellation takes nothing more"
+    );
+    assert_eq!(seen.iter().map(|(_, a)| a).sum::<i64>(), 0);
+}
+
+#[test]
 fn a_400_is_dead_lettered_and_not_retried() {
     let (rx, s) = with_receiver("payout-400", &[Act::Status(400)]);
     pay(&s, "w-1", &order(31, "19.95", "JANE15"));
@@ -396,7 +436,7 @@ fn clawbacks_are_posted_with_negative_amounts() {
     let (rx, s) = with_receiver("payout-clawback", &[]);
     let paid = order(41, "123.45", "JANE15");
     pay(&s, "w-1", &paid);
-    // A refund of 9.99 claws back 1.00 (10 %, rounded); the cancellation all of 12.35.
+    // A refund of 9.99 claws back 1.00 (10 %, rounded); the cancellation what is left.
     let refund = br#"{"id":991,"order_id":41,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"9.99","currency_code":"USD"}}}]}"#;
     assert_eq!(
         deliver_webhook(&s, ORDERS, "refunds/create", "w-2", refund, SHOP_SECRET),
@@ -423,7 +463,7 @@ fn clawbacks_are_posted_with_negative_amounts() {
         [
             ("shopify:41:paid".to_string(), 1235, 12345),
             ("shopify:41:refund:991".to_string(), -100, -999),
-            ("shopify:41:cancelled".to_string(), -1235, -12345),
+            ("shopify:41:cancelled".to_string(), -1135, -11346),
         ]
     );
     for g in &got {

@@ -6,7 +6,7 @@
 //! Shopify's retry applies the delivery whole.
 
 use super::inventory::Update;
-use super::webhooks::WebhookError;
+use super::webhooks::{OrderRecords, WebhookError};
 use crate::redirect::Body;
 use crate::state::App;
 use bytes::Bytes;
@@ -53,26 +53,32 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
         m.duplicate.increment(1);
         return answer(StatusCode::OK, "duplicate\n");
     }
+    // Orders deliveries one at a time, from reading the commission ledger to writing it.
+    let _orders = if inventory {
+        None
+    } else {
+        Some(hooks.orders.lock().await)
+    };
     let result = if inventory {
         serde_json::from_slice::<Update>(body)
             .map_err(|e| e.to_string())
-            .and_then(|u| app.inventory.apply(&u).map(|_| Vec::new()))
+            .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default()))
     } else {
         // The snapshot is not held past this block (the outbox write below awaits).
         let snap = app.state.load();
         let ts = crate::clicks::record::rfc3339_ms(now_ms);
         hooks
             .order_records(topic, body, &snap.links, &ts, now_ms)
-            .map(|mut records| {
-                for r in &mut records {
+            .map(|mut out| {
+                for r in &mut out.records {
                     r["edge"] = Value::from(&*snap.edge);
                 }
-                records
+                out
             })
             .map_err(|e| e.to_string())
     };
     match result {
-        Ok(records) => {
+        Ok(OrderRecords { records, changes }) => {
             // Encoded once: the stream and the payout system get the same bytes.
             let encoded: Vec<Vec<u8>> = records
                 .iter()
@@ -93,6 +99,21 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
                         tracing::error!(topic, error = %e, "payout outbox write failed; answered 503 for Shopify to retry");
                         return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
                     }
+                }
+            }
+            // Then the ledger, so a refund or cancellation (after a restart too) claws back
+            // against what was paid; the stream gets the records only once both are kept.
+            if !changes.is_empty() {
+                let ledger = hooks.ledger.clone();
+                let kept = tokio::task::spawn_blocking(move || ledger.apply(&changes))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                if let Err(e) = kept {
+                    hooks.forget_records(&records);
+                    hooks.forget_delivery(delivery);
+                    tracing::error!(topic, error = %e, "commission ledger write failed; answered 503 for Shopify to retry");
+                    return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
                 }
             }
             for e in &encoded {

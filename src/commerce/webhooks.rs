@@ -12,6 +12,7 @@
 //!   Attribution: the cart attribute `cl_click` (+ `cl_link`) → that click and link; else the
 //!   discount code → its link; else unattributed.
 
+use super::ledger::{Change, Entry, Ledger};
 use super::money::{percent_of, to_minor};
 use crate::links::config::CommissionConfig;
 use crate::links::{Link, LinkTable};
@@ -34,8 +35,19 @@ pub struct Webhooks {
     deliveries: DashMap<Box<str>, u64>,
     /// (order id, what was emitted: "paid" | "cancelled" | "refund:<id>") → when.
     emitted: DashMap<(u64, Box<str>), u64>,
-    /// order id → the attribution of its paid record, for refunds (whose payload lacks it).
-    attributed: DashMap<u64, Attribution>,
+    /// Paid commissions and their clawbacks, per order (on disk: they outlive restarts).
+    pub ledger: Arc<Ledger>,
+    /// Held by the orders webhook from reading the ledger to writing it, so a cancellation
+    /// and a refund of one order arriving together do not both claw back the same amount.
+    pub orders: tokio::sync::Mutex<()>,
+}
+
+/// What one orders or refunds delivery makes: records for the stream, and the ledger
+/// changes to apply once those records are kept.
+#[derive(Debug, Default)]
+pub struct OrderRecords {
+    pub records: Vec<Value>,
+    pub changes: Vec<Change>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +127,7 @@ pub enum WebhookError {
 }
 
 impl Webhooks {
-    pub fn new(secrets: &[String]) -> Webhooks {
+    pub fn new(secrets: &[String], ledger: Ledger) -> Webhooks {
         Webhooks {
             secrets: secrets
                 .iter()
@@ -123,7 +135,8 @@ impl Webhooks {
                 .collect(),
             deliveries: DashMap::new(),
             emitted: DashMap::new(),
-            attributed: DashMap::new(),
+            ledger: Arc::new(ledger),
+            orders: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -203,12 +216,12 @@ impl Webhooks {
         }
         if self.emitted.len() > MAX_REMEMBERED {
             self.emitted.retain(|_, t| now_ms.saturating_sub(*t) <= DEDUP_TTL_MS);
-            self.attributed
-                .retain(|k, _| self.emitted.contains_key(&(*k, "paid".into())));
         }
     }
 
-    /// Records for one order or refund topic; empty when already emitted.
+    /// Records for one order or refund topic (none when already emitted), and the ledger
+    /// changes they stand for. Clawbacks are taken against the ledger: never more than was
+    /// paid, and nothing for an order it has no paid commission for.
     pub fn order_records(
         &self,
         topic: &str,
@@ -216,10 +229,11 @@ impl Webhooks {
         table: &LinkTable,
         ts: &str,
         now_ms: u64,
-    ) -> Result<Vec<Value>, WebhookError> {
+    ) -> Result<OrderRecords, WebhookError> {
         let bad = |e: serde_json::Error| WebhookError::BadPayload(e.to_string());
+        let mut out = OrderRecords::default();
         match topic {
-            "orders/paid" | "orders/cancelled" => {
+            "orders/paid" => {
                 let order: Order = serde_json::from_slice(body).map_err(bad)?;
                 let currency = order.currency.clone().unwrap_or_else(|| "USD".into());
                 let subtotal = order
@@ -228,61 +242,56 @@ impl Webhooks {
                     .or(order.subtotal_price.as_deref())
                     .unwrap_or("0");
                 let subtotal = to_minor(subtotal, &currency).map_err(WebhookError::BadPayload)?;
-                let attribution = attribute(&order, table);
-                let mut out = Vec::new();
-                if topic == "orders/paid" {
-                    if !self.once(order.id, "paid", now_ms) {
-                        return Ok(out);
-                    }
-                    self.attributed.insert(order.id, attribution.clone());
-                    out.push(conversion(&order, &attribution, subtotal, &currency, ts));
-                    out.extend(commission(order.id, "paid", &attribution, subtotal, &currency, 1, ts));
-                } else {
-                    if !self.once(order.id, "cancelled", now_ms) {
-                        return Ok(out);
-                    }
-                    out.extend(commission(
-                        order.id,
-                        "cancelled",
-                        &attribution,
-                        subtotal,
-                        &currency,
-                        -1,
-                        ts,
-                    ));
+                if !self.once(order.id, "paid", now_ms) {
+                    return Ok(out);
                 }
-                Ok(out)
+                let attribution = attribute(&order, table);
+                out.records
+                    .push(conversion(&order, &attribution, subtotal, &currency, ts));
+                if let Some(paid) = paid_entry(&attribution, subtotal, &currency) {
+                    out.records
+                        .push(commission(order.id, "paid", &paid, paid.basis, paid.amount, ts));
+                    out.changes.push(Change::Paid { order: order.id, paid });
+                }
+            }
+            "orders/cancelled" => {
+                let order: Order = serde_json::from_slice(body).map_err(bad)?;
+                if !self.once(order.id, "cancelled", now_ms) {
+                    return Ok(out);
+                }
+                out.claw_back(&self.ledger, order.id, "cancelled", None, ts);
             }
             "refunds/create" => {
                 let refund: Refund = serde_json::from_slice(body).map_err(bad)?;
-                if !self.once(refund.order_id, &format!("refund:{}", refund.id), now_ms) {
-                    return Ok(Vec::new());
-                }
-                let mut basis = 0i64;
-                let mut currency = String::from("USD");
-                for line in &refund.refund_line_items {
-                    currency = line.subtotal_set.shop_money.currency_code.clone();
-                    basis +=
-                        to_minor(&line.subtotal_set.shop_money.amount, &currency).map_err(WebhookError::BadPayload)?;
-                }
-                let attribution = self
-                    .attributed
-                    .get(&refund.order_id)
-                    .map(|a| a.clone())
-                    .unwrap_or(Attribution {
-                        how: "unknown",
-                        click_id: None,
-                        link: None,
-                    });
                 let what = format!("refund:{}", refund.id);
-                Ok(
-                    commission(refund.order_id, &what, &attribution, basis, &currency, -1, ts)
-                        .into_iter()
-                        .collect(),
-                )
+                let mut basis = 0i64;
+                for line in &refund.refund_line_items {
+                    let m = &line.subtotal_set.shop_money;
+                    basis += to_minor(&m.amount, &m.currency_code).map_err(WebhookError::BadPayload)?;
+                }
+                if !self.once(refund.order_id, &what, now_ms) {
+                    return Ok(out);
+                }
+                out.claw_back(&self.ledger, refund.order_id, &what, Some(basis), ts);
             }
-            _ => Ok(Vec::new()),
+            _ => {}
         }
+        Ok(out)
+    }
+}
+
+impl OrderRecords {
+    /// A negative commission for what `basis` (`None`: all that is left) takes back.
+    fn claw_back(&mut self, ledger: &Ledger, order: u64, what: &str, basis: Option<i64>, ts: &str) {
+        let Some(paid) = ledger.get(order) else {
+            return;
+        };
+        let (basis, amount) = paid.clawback(basis);
+        if amount == 0 {
+            return;
+        }
+        self.records.push(commission(order, what, &paid, -basis, -amount, ts));
+        self.changes.push(Change::Clawed { order, basis, amount });
     }
 }
 
@@ -341,41 +350,52 @@ fn conversion(order: &Order, a: &Attribution, subtotal: i64, currency: &str, ts:
     })
 }
 
-/// A commission record when the attributed link pays one; `sign` −1 claws back.
-fn commission(
-    order: u64,
-    what: &str,
-    a: &Attribution,
-    basis: i64,
-    currency: &str,
-    sign: i64,
-    ts: &str,
-) -> Option<Value> {
+/// The commission an attributed order pays, when its link pays one.
+fn paid_entry(a: &Attribution, basis: i64, currency: &str) -> Option<Entry> {
     let link = a.link.as_ref()?;
-    let (amount, rule) = match link.commission? {
-        CommissionConfig::RateBp(bp) => (percent_of(basis, bp), format!("rate_bp:{bp}")),
-        // A flat commission is paid once per order and clawed back whole on cancellation;
-        // partial refunds leave it.
-        CommissionConfig::FlatMinor(m) if what == "paid" || what == "cancelled" => (m, format!("flat_minor:{m}")),
-        CommissionConfig::FlatMinor(_) => return None,
+    let rule = link.commission?;
+    let amount = match rule {
+        CommissionConfig::RateBp(bp) => percent_of(basis, bp),
+        CommissionConfig::FlatMinor(m) => m,
     };
-    Some(json!({
+    Some(Entry {
+        how: a.how.into(),
+        click_id: a.click_id.clone(),
+        link_id: link.id.to_string(),
+        creator: link.creator.to_string(),
+        campaign: link.campaign.to_string(),
+        rule,
+        currency: currency.into(),
+        basis,
+        amount,
+        clawed_basis: 0,
+        clawed: 0,
+    })
+}
+
+/// A commission record: `basis` and `amount` are negative for a clawback.
+fn commission(order: u64, what: &str, paid: &Entry, basis: i64, amount: i64, ts: &str) -> Value {
+    let rule = match paid.rule {
+        CommissionConfig::RateBp(bp) => format!("rate_bp:{bp}"),
+        CommissionConfig::FlatMinor(m) => format!("flat_minor:{m}"),
+    };
+    json!({
         "v": 1,
         "type": "commission",
         "commission_id": format!("shopify:{order}:{what}"),
         "ts": ts,
         "order_id": order,
         "reason": what.split(':').next(),
-        "click_id": a.click_id,
-        "link_id": &*link.id,
-        "creator": &*link.creator,
-        "campaign": &*link.campaign,
-        "basis_minor": sign * basis,
-        "amount_minor": sign * amount,
-        "currency": currency,
+        "click_id": paid.click_id,
+        "link_id": paid.link_id,
+        "creator": paid.creator,
+        "campaign": paid.campaign,
+        "basis_minor": basis,
+        "amount_minor": amount,
+        "currency": paid.currency,
         "rule": rule,
         "rounding": "half away from zero, to the minor unit",
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -391,7 +411,7 @@ mod tests {
 
     #[test]
     fn verification_rotation_and_tampering() {
-        let w = Webhooks::new(&["new-secret".into(), "old-secret".into()]);
+        let w = Webhooks::new(&["new-secret".into(), "old-secret".into()], Ledger::in_memory());
         let body = br#"{"id":1}"#;
         assert_eq!(w.verify(body, Some(sign("new-secret", body).as_bytes())), Ok(()));
         assert_eq!(w.verify(body, Some(sign("old-secret", body).as_bytes())), Ok(()));
@@ -404,13 +424,16 @@ mod tests {
             Err(WebhookError::Unauthorized)
         );
         assert_eq!(w.verify(body, None), Err(WebhookError::Unauthorized));
-        assert_eq!(Webhooks::new(&[]).verify(body, None), Err(WebhookError::Disabled));
+        assert_eq!(
+            Webhooks::new(&[], Ledger::in_memory()).verify(body, None),
+            Err(WebhookError::Disabled)
+        );
     }
 
     #[test]
     fn attribution_three_ways_and_commission_to_the_cent() {
         let table = crate::links::parse(LINKS, "t", &crate::links::signature::demo()).unwrap();
-        let w = Webhooks::new(&["s".into()]);
+        let w = Webhooks::new(&["s".into()], Ledger::in_memory());
         let paid = |id: u64, extra: &str| {
             format!(r#"{{"id":{id},"currency":"USD","current_subtotal_price":"19.95",{extra}"note":null}}"#)
         };
@@ -418,9 +441,13 @@ mod tests {
             5_000_000_000_000_001,
             r#""note_attributes":[{"name":"cl_click","value":"0192f3a1-7c2e-7b3d-9f00-5a1b2c3d4e5f"},{"name":"cl_link","value":"jane-kit"}],"discount_codes":[{"code":"SAM10"}],"#,
         );
-        let r = w
-            .order_records("orders/paid", by_click.as_bytes(), &table, "t", 0)
-            .unwrap();
+        // As the webhook does: the records, then their ledger changes once they are kept.
+        let run = |topic: &str, body: &str| {
+            let out = w.order_records(topic, body.as_bytes(), &table, "t", 0).unwrap();
+            w.ledger.apply(&out.changes).unwrap();
+            out.records
+        };
+        let r = run("orders/paid", &by_click);
         assert_eq!(r[0]["attribution"], "click");
         assert_eq!(r[0]["order_id"], 5_000_000_000_000_001u64);
         assert_eq!(r[0]["creator"], "jane");
@@ -428,51 +455,60 @@ mod tests {
             (r[1]["type"].as_str(), r[1]["amount_minor"].as_i64()),
             (Some("commission"), Some(200))
         );
-        assert!(
-            w.order_records("orders/paid", by_click.as_bytes(), &table, "t", 0)
-                .unwrap()
-                .is_empty(),
-            "once per order"
-        );
+        assert!(run("orders/paid", &by_click).is_empty(), "once per order");
         let by_code = paid(2, r#""discount_codes":[{"code":"sam10"}],"#);
-        let r = w
-            .order_records("orders/paid", by_code.as_bytes(), &table, "t", 0)
-            .unwrap();
+        let r = run("orders/paid", &by_code);
         assert_eq!(
             (r[0]["attribution"].as_str(), r[1]["amount_minor"].as_i64()),
             (Some("discount"), Some(500))
         );
         let none = paid(3, "");
-        let r = w.order_records("orders/paid", none.as_bytes(), &table, "t", 0).unwrap();
+        let r = run("orders/paid", &none);
         assert_eq!((r.len(), r[0]["attribution"].as_str()), (1, Some("none")));
-        // Refund of 9.99 on the clicked order: 10 % → −1.00; cancellation: −2.00.
+        // Refund of 9.99 on the clicked order: 10 % → −1.00; the cancellation then takes what
+        // is left of the 2.00 (−1.00), and a refund after it nothing.
         let refund = r#"{"id":77,"order_id":5000000000000001,"refund_line_items":[{"subtotal":9.99,"subtotal_set":{"shop_money":{"amount":"9.99","currency_code":"USD"}}}]}"#;
-        let r = w
-            .order_records("refunds/create", refund.as_bytes(), &table, "t", 0)
+        let r = run("refunds/create", refund);
+        assert_eq!(
+            (
+                r[0]["amount_minor"].as_i64(),
+                r[0]["basis_minor"].as_i64(),
+                r[0]["creator"].as_str()
+            ),
+            (Some(-100), Some(-999), Some("jane"))
+        );
+        let out = w
+            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
             .unwrap();
         assert_eq!(
-            (r[0]["amount_minor"].as_i64(), r[0]["creator"].as_str()),
-            (Some(-100), Some("jane"))
+            (
+                out.records[0]["amount_minor"].as_i64(),
+                out.records[0]["basis_minor"].as_i64()
+            ),
+            (Some(-100), Some(-996))
         );
-        let r = w
-            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
-            .unwrap();
-        assert_eq!(r[0]["amount_minor"], -200);
-        // Forgotten records (their outbox write failed) are made again by the retry.
-        w.forget_records(&r);
-        let again = w
-            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
-            .unwrap();
-        assert_eq!(again, r);
-        let refunds = w
-            .order_records("refunds/create", refund.as_bytes(), &table, "t", 0)
-            .unwrap();
-        assert!(refunds.is_empty(), "not forgotten: still once");
+        // Forgotten records (their outbox write failed, so their changes were not applied)
+        // are made again, the same, by the retry.
+        w.forget_records(&out.records);
+        let again = run("orders/cancelled", &by_click);
+        assert_eq!(again, out.records);
+        assert!(run("refunds/create", refund).is_empty(), "not forgotten: still once");
+        let late = r#"{"id":78,"order_id":5000000000000001,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"5.00","currency_code":"USD"}}}]}"#;
+        assert!(
+            run("refunds/create", late).is_empty(),
+            "all of it was clawed back already"
+        );
+        // Flat: a partial refund leaves it, a cancellation takes it whole; an order never paid
+        // (or paid before this ledger) has nothing to claw back.
+        let flat_refund = r#"{"id":79,"order_id":2,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"5.00","currency_code":"USD"}}}]}"#;
+        assert!(run("refunds/create", flat_refund).is_empty());
+        assert_eq!(run("orders/cancelled", &by_code)[0]["amount_minor"], -500);
+        assert!(run("orders/cancelled", &paid(4, r#""discount_codes":[{"code":"SAM10"}],"#)).is_empty());
     }
 
     #[test]
     fn ten_concurrent_replays_apply_once() {
-        let w = Arc::new(Webhooks::new(&["s".into()]));
+        let w = Arc::new(Webhooks::new(&["s".into()], Ledger::in_memory()));
         let firsts: usize = std::thread::scope(|s| {
             let hs: Vec<_> = (0..10)
                 .map(|_| s.spawn(|| w.first_delivery("d-1", 1000) as usize))

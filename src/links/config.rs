@@ -46,7 +46,7 @@ pub struct LinkConfig {
 
 /// Percent of the attributed subtotal (in basis points: 1050 = 10.5 %) or a flat amount in
 /// minor units of the order's currency.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CommissionConfig {
     RateBp(u32),

@@ -1,0 +1,225 @@
+//! The commission ledger: for each order that paid a commission, what was paid and how much
+//! has been clawed back since, kept on disk under `<data_dir>/commerce/ledger.jsonl` so a
+//! refund or cancellation after a restart claws back against the same figures.
+//!
+//! - A cancellation claws back what is left (paid minus earlier refunds), a refund the rate on
+//!   its subtotal up to what is left: cancelling and refunding one order never takes back more
+//!   than it paid.
+//! - An order the ledger does not know paid nothing that can be clawed back.
+//! - Append-only JSON Lines, `fdatasync`ed before the webhook is answered; a torn last line
+//!   (a crash mid-append, never answered 200) is cut at open, and Shopify delivers it again.
+
+use crate::links::config::CommissionConfig;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+const FILE: &str = "ledger.jsonl";
+
+/// A paid commission and what has been clawed back of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub how: String,
+    pub click_id: Option<String>,
+    pub link_id: String,
+    pub creator: String,
+    pub campaign: String,
+    pub rule: CommissionConfig,
+    pub currency: String,
+    /// The subtotal the commission was paid on, and the commission, in minor units.
+    pub basis: i64,
+    pub amount: i64,
+    /// Clawed back so far (positive), of the basis and of the commission.
+    #[serde(default)]
+    pub clawed_basis: i64,
+    #[serde(default)]
+    pub clawed: i64,
+}
+
+impl Entry {
+    /// What a clawback of `basis` (`None`: all that is left, a cancellation) takes back:
+    /// (basis, amount), never more than is left. A flat commission is taken back only whole.
+    pub fn clawback(&self, basis: Option<i64>) -> (i64, i64) {
+        let (basis_left, left) = (self.basis - self.clawed_basis, self.amount - self.clawed);
+        match (basis, self.rule) {
+            (None, _) => (basis_left.max(0), left.max(0)),
+            (Some(_), CommissionConfig::FlatMinor(_)) => (0, 0),
+            (Some(b), CommissionConfig::RateBp(bp)) => {
+                let b = b.clamp(0, basis_left.max(0));
+                (b, super::money::percent_of(b, bp).min(left.max(0)))
+            }
+        }
+    }
+}
+
+/// A change to apply once the records it made are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Change {
+    Paid { order: u64, paid: Entry },
+    Clawed { order: u64, basis: i64, amount: i64 },
+}
+
+pub struct Ledger {
+    file: Mutex<Option<File>>,
+    orders: DashMap<u64, Entry>,
+}
+
+impl Ledger {
+    /// Nothing kept on disk (unit tests).
+    pub fn in_memory() -> Ledger {
+        Ledger {
+            file: Mutex::new(None),
+            orders: DashMap::new(),
+        }
+    }
+
+    /// Opens (or creates) `dir/ledger.jsonl` and replays it.
+    pub fn open(dir: &Path) -> io::Result<Ledger> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE);
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)?;
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            file.set_len(whole as u64)?;
+            file.sync_data()?;
+        }
+        let ledger = Ledger {
+            file: Mutex::new(None),
+            orders: DashMap::new(),
+        };
+        for (i, line) in text[..whole].split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let change: Change = serde_json::from_slice(line).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}:{}: {e}", path.display(), i + 1))
+            })?;
+            ledger.remember(&change);
+        }
+        *ledger.file.lock().expect("ledger lock") = Some(file);
+        Ok(ledger)
+    }
+
+    pub fn get(&self, order: u64) -> Option<Entry> {
+        self.orders.get(&order).map(|e| e.clone())
+    }
+
+    /// Writes the changes (synced) and then applies them; on an error none is applied.
+    pub fn apply(&self, changes: &[Change]) -> io::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = file.as_mut() {
+            let mut text = Vec::new();
+            for c in changes {
+                serde_json::to_writer(&mut text, c).expect("a change encodes");
+                text.push(b'\n');
+            }
+            let len = f.metadata()?.len();
+            if let Err(e) = f.write_all(&text).and_then(|()| f.sync_data()) {
+                // Cut back to the last whole line, so the next append starts clean.
+                let _ = f.set_len(len);
+                return Err(e);
+            }
+        }
+        for c in changes {
+            self.remember(c);
+        }
+        Ok(())
+    }
+
+    fn remember(&self, change: &Change) {
+        match change {
+            Change::Paid { order, paid } => {
+                self.orders.insert(*order, paid.clone());
+            }
+            Change::Clawed { order, basis, amount } => {
+                if let Some(mut e) = self.orders.get_mut(order) {
+                    e.clawed_basis += basis;
+                    e.clawed += amount;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(rule: CommissionConfig, basis: i64, amount: i64) -> Entry {
+        Entry {
+            how: "click".into(),
+            click_id: None,
+            link_id: "l".into(),
+            creator: "c".into(),
+            campaign: "k".into(),
+            rule,
+            currency: "USD".into(),
+            basis,
+            amount,
+            clawed_basis: 0,
+            clawed: 0,
+        }
+    }
+
+    #[test]
+    fn clawbacks_never_take_more_than_was_paid() {
+        let mut e = entry(CommissionConfig::RateBp(1000), 5000, 500);
+        assert_eq!(e.clawback(Some(1999)), (1999, 200));
+        (e.clawed_basis, e.clawed) = (1999, 200);
+        assert_eq!(e.clawback(None), (3001, 300), "a cancel takes what is left");
+        (e.clawed_basis, e.clawed) = (5000, 500);
+        assert_eq!(e.clawback(Some(5000)), (0, 0), "a refund after a cancel takes nothing");
+        assert_eq!(e.clawback(None), (0, 0));
+        let flat = entry(CommissionConfig::FlatMinor(500), 5000, 500);
+        assert_eq!(flat.clawback(Some(1000)), (0, 0), "a partial refund leaves a flat one");
+        assert_eq!(flat.clawback(None), (5000, 500));
+    }
+
+    #[test]
+    fn the_ledger_survives_a_reopen_and_a_torn_tail() {
+        let dir = crate::scratch_dir("ledger", "reopen");
+        let l = Ledger::open(&dir).unwrap();
+        let paid = entry(CommissionConfig::RateBp(1000), 5000, 500);
+        l.apply(&[Change::Paid {
+            order: 9_007_199_254_740_995,
+            paid: paid.clone(),
+        }])
+        .unwrap();
+        l.apply(&[Change::Clawed {
+            order: 9_007_199_254_740_995,
+            basis: 1000,
+            amount: 100,
+        }])
+        .unwrap();
+        drop(l);
+        let mut f = OpenOptions::new().append(true).open(dir.join(FILE)).unwrap();
+        f.write_all(br#"{"order":1,"basis":"#).unwrap();
+        drop(f);
+        let l = Ledger::open(&dir).unwrap();
+        let e = l.get(9_007_199_254_740_995).unwrap();
+        assert_eq!((e.clawed_basis, e.clawed, e.amount), (1000, 100, 500));
+        assert!(l.get(1).is_none());
+        l.apply(&[Change::Clawed {
+            order: 9_007_199_254_740_995,
+            basis: 4000,
+            amount: 400,
+        }])
+        .unwrap();
+        let l = Ledger::open(&dir).unwrap();
+        assert_eq!(
+            l.get(9_007_199_254_740_995).unwrap().clawed,
+            500,
+            "appended after the cut"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
