@@ -32,6 +32,7 @@ pub const CLICKS_REPLAYED: &str = "cartlink_clicks_replayed_total";
 pub const CLICKS_RECOVERED: &str = "cartlink_clicks_recovered_total";
 pub const QUEUE_DEPTH: &str = "cartlink_clicks_queue_depth";
 pub const SPILL_BYTES: &str = "cartlink_spill_bytes";
+pub const SPILL_MAX_BYTES: &str = "cartlink_spill_max_bytes";
 pub const SPILL_SEGMENTS: &str = "cartlink_spill_segments";
 pub const SPILL_ERRORS: &str = "cartlink_spill_errors_total";
 pub const SPILL_CORRUPT: &str = "cartlink_spill_corrupt_total";
@@ -185,6 +186,8 @@ pub struct Metrics {
     pub clicks_recovered: Counter,
     pub queue_depth: Gauge,
     pub spill_bytes: Gauge,
+    /// `pipeline.spill_max_bytes`, for alerts that compare against it.
+    pub spill_max_bytes: Gauge,
     pub spill_segments: Gauge,
     pub spill_errors: SpillErrors,
     pub spill_corrupt: Counter,
@@ -233,6 +236,11 @@ impl Metrics {
             );
             describe_gauge!(QUEUE_DEPTH, "Click records in the in-memory queue.");
             describe_gauge!(SPILL_BYTES, Unit::Bytes, "Bytes in spill segments on disk.");
+            describe_gauge!(
+                SPILL_MAX_BYTES,
+                Unit::Bytes,
+                "The spill's cap (pipeline.spill_max_bytes); past it, records are dropped (spill_full)."
+            );
             describe_gauge!(SPILL_SEGMENTS, "Spill segment files on disk.");
             describe_counter!(SPILL_ERRORS, "Failed spill writes, by kind (enospc, io).");
             describe_counter!(SPILL_CORRUPT, "Torn or corrupt spill tails skipped on replay.");
@@ -304,6 +312,7 @@ impl Metrics {
                 clicks_recovered: counter!(CLICKS_RECOVERED),
                 queue_depth: gauge!(QUEUE_DEPTH),
                 spill_bytes: gauge!(SPILL_BYTES),
+                spill_max_bytes: gauge!(SPILL_MAX_BYTES),
                 spill_segments: gauge!(SPILL_SEGMENTS),
                 spill_errors: SpillErrors {
                     enospc: counter!(SPILL_ERRORS, "kind" => "enospc"),

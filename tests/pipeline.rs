@@ -199,6 +199,11 @@ fn a_definitive_4xx_is_not_retried_and_is_counted_as_a_drop() {
     assert_eq!(flow.dropped, rejected);
     assert_eq!(s.metric("cartlink_sink_errors_total{kind=\"status_4xx\"}"), 1.0);
     assert_eq!(s.metric("cartlink_sink_retries_total"), 0.0);
+    // A refused write is not a working sink: sink_up says so until a write succeeds.
+    assert_eq!(s.metric("cartlink_sink_up"), 0.0);
+    clicks(&s, 1);
+    s.wait_at_rest(REST);
+    assert_eq!(s.metric("cartlink_sink_up"), 1.0);
 }
 
 #[test]
@@ -347,6 +352,7 @@ fn spill_cap_drops_exactly_the_clicks_it_counts() {
         s.metric("cartlink_clicks_dropped_total{reason=\"spill_full\"}") > 0.0
     });
     assert!(s.metric("cartlink_spill_bytes") <= 30000.0);
+    assert_eq!(s.metric("cartlink_spill_max_bytes"), 30000.0, "the cap, for the alert");
     c.set(Mode::Up);
     let flow = s.wait_at_rest(REST);
     let dropped = s.metric("cartlink_clicks_dropped_total{reason=\"spill_full\"}");

@@ -104,6 +104,7 @@ pub fn start(
     metrics.clicks_buffered.increment(recovered);
     metrics.spill_corrupt.increment(torn);
     metrics.spill_bytes.set(spill.bytes() as f64);
+    metrics.spill_max_bytes.set(cfg.spill_max_bytes as f64);
     metrics.spill_segments.set(spill.segments() as f64);
     metrics.sink_up.set(1.0);
 
@@ -462,6 +463,9 @@ async fn deliver(sh: &Shared, sink: &mut Sink, batch: &Batch, from_spill: bool, 
                     tracing::error!(error = %e, records = n, "click sink refused a batch for good; dropped (cartlink_clicks_dropped_total{{reason=\"sink_rejected\"}})");
                     m.clicks_dropped.sink_rejected.increment(n);
                     m.clicks_buffered.decrement(n);
+                    // Not a successful write: a collector refusing everything (bad auth or
+                    // schema) is as down as one that answers nothing.
+                    m.sink_up.set(0.0);
                     return true;
                 }
                 m.sink_up.set(0.0);

@@ -114,11 +114,15 @@ impl Inventory {
 #[serde(untagged)]
 pub enum Update {
     /// Shopify `inventory_levels/update` shape (extra Shopify fields are ignored by the caller).
+    /// `inventory_levels/disconnect` carries only the item and location: no stock there, as
+    /// of its arrival.
     Level {
         inventory_item_id: u64,
         location_id: u64,
+        #[serde(default)]
         available: Option<i64>,
-        updated_at: String,
+        #[serde(default)]
+        updated_at: Option<String>,
     },
     /// A variant's total, set directly.
     Variant { variant: u64, available: i64 },
@@ -141,9 +145,16 @@ impl Inventory {
                 available,
                 updated_at,
             } => {
-                let t = time::OffsetDateTime::parse(updated_at, &time::format_description::well_known::Rfc3339)
-                    .map_err(|e| format!("updated_at `{updated_at}`: {e}"))?;
-                let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                let ms = match updated_at {
+                    Some(at) => {
+                        let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                            .map_err(|e| format!("updated_at `{at}`: {e}"))?;
+                        u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+                    }
+                    None => std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                };
                 // `available: null` (a disconnected location) counts as zero there.
                 Ok(self.apply_level(*inventory_item_id, *location_id, available.unwrap_or(0), ms))
             }
@@ -154,6 +165,27 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disconnect_empties_its_location_until_a_later_update() {
+        let inv = Inventory::default();
+        inv.map_item(271_878_346_596_884_015, 40);
+        let level = |at: &str, n: i64| {
+            format!(
+                r#"{{"inventory_item_id":271878346596884015,"location_id":9007199254740993,"available":{n},"updated_at":"{at}"}}"#
+            )
+        };
+        let apply = |json: &str| inv.apply(&serde_json::from_str::<Update>(json).unwrap()).unwrap();
+        apply(&level("2026-01-01T00:00:00Z", 7));
+        assert_eq!(inv.available(40), Some(7));
+        // Shopify's disconnect shape: no quantity, no time.
+        apply(r#"{"inventory_item_id":271878346596884015,"location_id":9007199254740993}"#);
+        assert_eq!(inv.available(40), Some(0));
+        apply(&level("2026-01-02T00:00:00Z", 9));
+        assert_eq!(inv.available(40), Some(0), "older than the disconnect");
+        apply(&level("2999-01-01T00:00:00Z", 9));
+        assert_eq!(inv.available(40), Some(9));
+    }
 
     #[test]
     fn sums_locations_and_never_rolls_back() {
