@@ -384,6 +384,9 @@ fn clawbacks_after_a_restart_take_back_exactly_what_was_paid() {
     rx.wait_taken(2);
     // The process that saw the order paid is gone; its ledger on disk is not.
     let s = restart(s, "payout-ledger-2", &rx.url());
+    // Shopify delivering the payment again (a new webhook id) after the restart changes
+    // nothing: the ledger still knows what was paid and clawed back.
+    pay(&s, "w-2b", &paid);
     deliver(&s, "refunds/create", "w-3", &refund(902, "20.00"));
     deliver(&s, "orders/cancelled", "w-4", &paid);
     deliver(&s, "refunds/create", "w-5", &refund(903, "50.00"));
@@ -405,6 +408,13 @@ fn clawbacks_after_a_restart_take_back_exactly_what_was_paid() {
         "a refund after the cancellation takes nothing more"
     );
     assert_eq!(seen.iter().map(|(_, a)| a).sum::<i64>(), 0);
+    stream_line(&s, "shopify:51:cancelled");
+    let paid_records: usize = std::fs::read_dir(s.dir.join("clicks"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .map(|text| text.matches("\"commission_id\":\"shopify:51:paid\"").count())
+        .sum();
+    assert_eq!(paid_records, 1, "the payment delivered again is not streamed again");
 }
 
 #[test]

@@ -138,7 +138,8 @@ impl Ledger {
     fn remember(&self, change: &Change) {
         match change {
             Change::Paid { order, paid } => {
-                self.orders.insert(*order, paid.clone());
+                // Never reset what was clawed back: the first record of a payment stands.
+                self.orders.entry(*order).or_insert_with(|| paid.clone());
             }
             Change::Clawed { order, basis, amount } => {
                 if let Some(mut e) = self.orders.get_mut(order) {

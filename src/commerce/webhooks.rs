@@ -242,7 +242,9 @@ impl Webhooks {
                     .or(order.subtotal_price.as_deref())
                     .unwrap_or("0");
                 let subtotal = to_minor(subtotal, &currency).map_err(WebhookError::BadPayload)?;
-                if !self.once(order.id, "paid", now_ms) {
+                // The ledger outlives restarts: an order it holds was paid (and its records
+                // sent) before, whatever this process remembers.
+                if !self.once(order.id, "paid", now_ms) || self.ledger.get(order.id).is_some() {
                     return Ok(out);
                 }
                 let attribution = attribute(&order, table);
