@@ -751,12 +751,17 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 }
 
 /// Every leaf of the (defaults + file) tree can be replaced by `PREFIX_<PATH>`.
+/// The environment variable of a key: `CARTLINK_HTTP` + `max_inflight` → `CARTLINK_HTTP_MAX_INFLIGHT`.
+fn env_name(prefix: &str, key: &str) -> String {
+    format!("{prefix}_{}", key.to_ascii_uppercase())
+}
+
 fn overlay_env(value: &mut toml::Value, prefix: &str, env: Env) -> Result<(), ConfigError> {
     let toml::Value::Table(table) = value else {
         return Ok(());
     };
     for (key, slot) in table.iter_mut() {
-        let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+        let name = env_name(prefix, key);
         if slot.is_table() {
             overlay_env(slot, &name, env)?;
             continue;
@@ -796,7 +801,7 @@ pub fn unknown_env_names(names: impl Iterator<Item = String>) -> Vec<String> {
     fn known(value: &toml::Value, prefix: &str, out: &mut std::collections::HashSet<String>) {
         let toml::Value::Table(table) = value else { return };
         for (key, slot) in table {
-            let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+            let name = env_name(prefix, key);
             known(slot, &name, out);
             out.insert(name);
         }

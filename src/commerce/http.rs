@@ -6,6 +6,7 @@
 //! Shopify's retry applies the delivery whole.
 
 use super::inventory::Update;
+use super::ledger::Change;
 use super::webhooks::{OrderRecords, WebhookError};
 use crate::redirect::Body;
 use crate::state::App;
@@ -84,37 +85,15 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
                 .iter()
                 .map(|r| serde_json::to_vec(r).expect("a JSON value encodes"))
                 .collect();
-            if let Some(payouts) = &app.payouts {
-                let commissions: Vec<(Arc<str>, Bytes)> = records
-                    .iter()
-                    .zip(&encoded)
-                    .filter(|(r, _)| r["type"] == "commission")
-                    .filter_map(|(r, e)| Some((r["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
-                    .collect();
-                if !commissions.is_empty() {
-                    if let Err(e) = payouts.enqueue(commissions).await {
-                        // Neither streamed nor queued: Shopify's retry applies it whole.
-                        hooks.forget_records(&records);
-                        hooks.forget_delivery(delivery);
-                        tracing::error!(topic, error = %e, "payout outbox write failed; answered 503 for Shopify to retry");
-                        return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
-                    }
-                }
-            }
-            // Then the ledger, so a refund or cancellation (after a restart too) claws back
-            // against what was paid; the stream gets the records only once both are kept.
-            if !changes.is_empty() {
-                let ledger = hooks.ledger.clone();
-                let kept = tokio::task::spawn_blocking(move || ledger.apply(&changes))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                if let Err(e) = kept {
-                    hooks.forget_records(&records);
-                    hooks.forget_delivery(delivery);
-                    tracing::error!(topic, error = %e, "commission ledger write failed; answered 503 for Shopify to retry");
-                    return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
-                }
+            // Payouts first, then the ledger (so a refund or cancellation, after a restart too,
+            // claws back against what was paid); the stream gets the records only once both
+            // are kept. If either write fails, nothing is applied and Shopify's retry makes the
+            // records again.
+            if let Err((what, e)) = keep(app, &records, &encoded, changes).await {
+                hooks.forget_records(&records);
+                hooks.forget_delivery(delivery);
+                tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
+                return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
             }
             for e in &encoded {
                 app.recorder.emit(e);
@@ -130,4 +109,34 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             answer(StatusCode::BAD_REQUEST, "bad payload\n")
         }
     }
+}
+
+/// Writes the commission records to the payout outbox (with payouts on) and the ledger
+/// changes to the ledger, each synced, off the request threads; the error names which failed.
+async fn keep(
+    app: &App,
+    records: &[Value],
+    encoded: &[Vec<u8>],
+    changes: Vec<Change>,
+) -> Result<(), (&'static str, std::io::Error)> {
+    if let Some(payouts) = &app.payouts {
+        let commissions: Vec<(Arc<str>, Bytes)> = records
+            .iter()
+            .zip(encoded)
+            .filter(|(r, _)| r["type"] == "commission")
+            .filter_map(|(r, e)| Some((r["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
+            .collect();
+        if !commissions.is_empty() {
+            payouts.enqueue(commissions).await.map_err(|e| ("payout outbox", e))?;
+        }
+    }
+    if !changes.is_empty() {
+        let ledger = app.webhooks.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.apply(&changes))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| ("commission ledger", e))?;
+    }
+    Ok(())
 }

@@ -9,11 +9,11 @@
 //! - Append-only JSON Lines, `fdatasync`ed before the webhook is answered; a torn last line
 //!   (a crash mid-append, never answered 200) is cut at open, and Shopify delivers it again.
 
+use super::journal::Journal;
 use crate::links::config::CommissionConfig;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -22,7 +22,6 @@ const FILE: &str = "ledger.jsonl";
 /// A paid commission and what has been clawed back of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub how: String,
     pub click_id: Option<String>,
     pub link_id: String,
     pub creator: String,
@@ -64,7 +63,7 @@ pub enum Change {
 }
 
 pub struct Ledger {
-    file: Mutex<Option<File>>,
+    file: Mutex<Option<Journal>>,
     orders: DashMap<u64, Entry>,
 }
 
@@ -81,19 +80,9 @@ impl Ledger {
     pub fn open(dir: &Path) -> io::Result<Ledger> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
-        let mut text = Vec::new();
-        file.read_to_end(&mut text)?;
-        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        if whole < text.len() {
-            file.set_len(whole as u64)?;
-            file.sync_data()?;
-        }
-        let ledger = Ledger {
-            file: Mutex::new(None),
-            orders: DashMap::new(),
-        };
-        for (i, line) in text[..whole].split(|b| *b == b'\n').enumerate() {
+        let (text, _torn) = super::journal::read(&path)?;
+        let ledger = Ledger::in_memory();
+        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
@@ -102,8 +91,13 @@ impl Ledger {
             })?;
             ledger.remember(&change);
         }
-        *ledger.file.lock().expect("ledger lock") = Some(file);
+        *ledger.file.lock().expect("ledger lock") = Some(Journal::open(&path, text.len() as u64)?);
         Ok(ledger)
+    }
+
+    /// True when `order` paid a commission (its records were sent then).
+    pub fn holds(&self, order: u64) -> bool {
+        self.orders.contains_key(&order)
     }
 
     pub fn get(&self, order: u64) -> Option<Entry> {
@@ -116,18 +110,13 @@ impl Ledger {
             return Ok(());
         }
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = file.as_mut() {
+        if let Some(journal) = file.as_mut() {
             let mut text = Vec::new();
             for c in changes {
                 serde_json::to_writer(&mut text, c).expect("a change encodes");
                 text.push(b'\n');
             }
-            let len = f.metadata()?.len();
-            if let Err(e) = f.write_all(&text).and_then(|()| f.sync_data()) {
-                // Cut back to the last whole line, so the next append starts clean.
-                let _ = f.set_len(len);
-                return Err(e);
-            }
+            journal.append(&text)?;
         }
         for c in changes {
             self.remember(c);
@@ -154,10 +143,10 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn entry(rule: CommissionConfig, basis: i64, amount: i64) -> Entry {
         Entry {
-            how: "click".into(),
             click_id: None,
             link_id: "l".into(),
             creator: "c".into(),
@@ -202,7 +191,7 @@ mod tests {
         }])
         .unwrap();
         drop(l);
-        let mut f = OpenOptions::new().append(true).open(dir.join(FILE)).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.join(FILE)).unwrap();
         f.write_all(br#"{"order":1,"basis":"#).unwrap();
         drop(f);
         let l = Ledger::open(&dir).unwrap();

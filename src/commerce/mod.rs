@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod inventory;
+pub mod journal;
 pub mod ledger;
 pub mod money;
 pub mod outbox;

@@ -34,10 +34,11 @@
 //!    rewritten as `d`/`x` lines for resolved ids and `q` lines for pending records, written
 //!    to `journal.tmp`, synced and renamed over `journal` (then the directory is synced).
 
+use super::journal::{self, Journal};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -84,9 +85,7 @@ pub struct Outbox {
 }
 
 struct Inner {
-    journal: File,
-    /// Bytes of whole lines in the journal.
-    len: u64,
+    journal: Journal,
     known: HashMap<Arc<str>, State>,
     pending: VecDeque<Pending>,
 }
@@ -96,22 +95,14 @@ impl Outbox {
     pub fn open(dir: &Path) -> io::Result<(Outbox, Opened)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(JOURNAL);
-        let mut text = Vec::new();
-        match File::open(&path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut text)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let (text, torn_bytes) = journal::read(&path)?;
         let mut opened = Opened {
-            torn_bytes: (text.len() - whole) as u64,
+            torn_bytes,
             ..Opened::default()
         };
         let mut known: HashMap<Arc<str>, State> = HashMap::new();
         let mut queued: Vec<Pending> = Vec::new();
-        for line in text[..whole].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match parse_line(line) {
                 Some((b'q', id, body)) => {
                     let id: Arc<str> = id.into();
@@ -136,19 +127,13 @@ impl Outbox {
             opened.compacted = true;
             compact(dir, &known, &pending)?
         } else {
-            if opened.torn_bytes > 0 {
-                OpenOptions::new().write(true).open(&path)?.set_len(whole as u64)?;
-            }
-            whole as u64
+            text.len() as u64
         };
-        let journal = OpenOptions::new().create(true).append(true).open(&path)?;
-        journal.sync_all()?;
-        sync_dir(dir)?;
+        let journal = Journal::open(&path, len)?;
         opened.pending = pending.len();
         opened.known = known.len();
         let inner = Inner {
             journal,
-            len,
             known,
             pending,
         };
@@ -195,7 +180,7 @@ impl Outbox {
             fresh.push(r);
         }
         if !fresh.is_empty() {
-            inner.append(&lines)?;
+            inner.journal.append(&lines)?;
         }
         for (id, body) in fresh {
             inner.known.insert(id.clone(), State::Queued);
@@ -222,7 +207,7 @@ impl Outbox {
     pub fn delivered(&self, id: &str) -> io::Result<()> {
         let mut inner = self.lock();
         inner.resolve(id, State::Delivered);
-        inner.append(format!("d {id}\n").as_bytes())
+        inner.journal.append(format!("d {id}\n").as_bytes())
     }
 
     /// The payout system refused `p` for good: it goes to `dead-letter.jsonl` with `error`,
@@ -245,27 +230,11 @@ impl Outbox {
             .open(self.dir.join(DEAD_LETTER))?;
         dead.write_all(&line)?;
         dead.sync_data()?;
-        inner.append(format!("x {}\n", p.id).as_bytes())
+        inner.journal.append(format!("x {}\n", p.id).as_bytes())
     }
 }
 
 impl Inner {
-    /// Appends whole lines and syncs; on an error the journal is cut back to its last whole
-    /// line, so a later append never joins a torn one.
-    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
-        let r = self.journal.write_all(lines).and_then(|()| self.journal.sync_data());
-        match r {
-            Ok(()) => {
-                self.len += lines.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.journal.set_len(self.len);
-                Err(e)
-            }
-        }
-    }
-
     fn resolve(&mut self, id: &str, state: State) {
         if let Some(i) = self.pending.iter().position(|p| &*p.id == id) {
             let p = self.pending.remove(i).expect("position is in range");
@@ -316,12 +285,8 @@ fn compact(dir: &Path, known: &HashMap<Arc<str>, State>, pending: &VecDeque<Pend
     f.write_all(&text)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(JOURNAL))?;
-    sync_dir(dir)?;
+    journal::sync_dir(dir)?;
     Ok(text.len() as u64)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -402,12 +367,12 @@ mod tests {
         let (o, _) = Outbox::open(&dir).unwrap();
         o.enqueue(&[record(1)]).unwrap();
         let journal = std::mem::replace(
-            &mut o.lock().journal,
+            &mut o.lock().journal.file,
             OpenOptions::new().append(true).open("/dev/full").unwrap(),
         );
         assert!(o.enqueue(&[record(2)]).is_err(), "ENOSPC");
         assert_eq!(ids(&o), ["shopify:1:paid"], "nothing of the failed call is queued");
-        o.lock().journal = journal;
+        o.lock().journal.file = journal;
         assert_eq!(
             o.enqueue(&[record(2)]).unwrap().queued,
             1,

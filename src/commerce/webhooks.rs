@@ -244,7 +244,7 @@ impl Webhooks {
                 let subtotal = to_minor(subtotal, &currency).map_err(WebhookError::BadPayload)?;
                 // The ledger outlives restarts: an order it holds was paid (and its records
                 // sent) before, whatever this process remembers.
-                if !self.once(order.id, "paid", now_ms) || self.ledger.get(order.id).is_some() {
+                if !self.once(order.id, "paid", now_ms) || self.ledger.holds(order.id) {
                     return Ok(out);
                 }
                 let attribution = attribute(&order, table);
@@ -361,7 +361,6 @@ fn paid_entry(a: &Attribution, basis: i64, currency: &str) -> Option<Entry> {
         CommissionConfig::FlatMinor(m) => m,
     };
     Some(Entry {
-        how: a.how.into(),
         click_id: a.click_id.clone(),
         link_id: link.id.to_string(),
         creator: link.creator.to_string(),
