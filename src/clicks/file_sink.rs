@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::syncer::{Syncer, DROP_STEP};
+use super::syncer::{whole_pages, Syncer, DROP_STEP};
 
 pub struct FileSink {
     dir: PathBuf,
@@ -94,10 +94,11 @@ impl FileSink {
             self.syncer.request(&cur.file);
             cur.synced = Instant::now();
             cur.dirty = false;
-            cur.dropped = cur.bytes;
+            cur.dropped = whole_pages(cur.bytes);
         } else if self.syncer.drops_cache() && cur.bytes - cur.dropped >= DROP_STEP {
-            self.syncer.drop_range(&cur.file, cur.dropped, cur.bytes);
-            cur.dropped = cur.bytes;
+            let end = whole_pages(cur.bytes);
+            self.syncer.drop_range(&cur.file, cur.dropped, end);
+            cur.dropped = end;
         }
         Ok(())
     }
@@ -158,8 +159,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Pages of `path` in the page cache, and all its pages (`mincore` over a shared mapping).
+    /// Pages of `path` in the page cache, and all its pages.
     fn resident(path: &Path) -> (usize, usize) {
+        let pages = resident_pages(path);
+        (pages.iter().filter(|p| **p).count(), pages.len())
+    }
+
+    /// Whether each page of `path` is in the page cache (`mincore` over a shared mapping).
+    fn resident_pages(path: &Path) -> Vec<bool> {
         use std::os::fd::AsRawFd;
         let f = File::open(path).unwrap();
         let len = f.metadata().unwrap().len() as usize;
@@ -178,7 +185,7 @@ mod tests {
             let mut v = vec![0u8; len.div_ceil(page)];
             assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
             libc::munmap(p, len);
-            (v.iter().filter(|b| **b & 1 == 1).count(), v.len())
+            v.iter().map(|b| b & 1 == 1).collect()
         }
     }
 
@@ -233,6 +240,35 @@ mod tests {
                     "only {cached} of {pages} pages cached without drop_cache"
                 );
             }
+            sink.close().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    /// The kernel drops a partial last page too when a range reaches the end of the file; the
+    /// next append would then read it back from disk. Neither the steps nor the periodic sync
+    /// may leave the file's last page out of the cache.
+    #[test]
+    fn the_last_partial_page_stays_cached_for_the_next_append() {
+        for (name, fsync_every) in [("step", Duration::from_secs(3600)), ("sync", Duration::ZERO)] {
+            let dir = cache_test_dir(&format!("fs-tail-{name}"));
+            let mut sink = FileSink::new(&dir, 1 << 30, Duration::from_secs(3600), fsync_every, true).unwrap();
+            // 100,003 bytes a piece: the file never ends on a page boundary, and the eleventh
+            // piece passes a drop step.
+            let mut piece = vec![b'z'; 100_003];
+            piece[100_002] = b'\n';
+            for _ in 0..11 {
+                sink.write(&piece).unwrap();
+                wait_for_sync(&sink);
+            }
+            let pages = resident_pages(sink.current_path().unwrap());
+            assert_ne!(11 * 100_003 % 4096, 0);
+            assert_eq!(pages.len(), (11 * 100_003usize).div_ceil(4096));
+            assert!(
+                pages[..pages.len() - 1].iter().any(|p| !p),
+                "{name}: nothing was dropped"
+            );
+            assert!(pages[pages.len() - 1], "{name}: the partial last page was dropped");
             sink.close().unwrap();
             std::fs::remove_dir_all(&dir).unwrap();
         }
