@@ -71,7 +71,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         return not_found(app);
     };
     // The table is in memory but rarely in cache: its slot is fetched while the visitor is
-    // looked at, and the link itself while the click ID is made.
+    // looked at, and the link itself while the country is looked up and the click ID made.
     let pending = snap.links.start_get(id);
 
     // Who: the client behind the CDN, bot or human, device, country.
@@ -86,8 +86,8 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     // id is the URL's, which is the link's once the signature holds.
     let visit = (!bot).then(|| app.unique.find(client, ua_hash, id));
     let device = agent.device;
-    let country = country(view, peer, client, headers);
     let pending = pending.fetch();
+    let country = country(view, peer, client, headers);
     // Attribution: a new click ID for every GET; the cookie and cart carry it for humans.
     let click_id = new_click_id(now_ms);
 
