@@ -109,10 +109,22 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         }
     };
     // The URL, creator and campaign live apart from the link: they are fetched while the
-    // destination is chosen, before the cookie and the record copy them.
+    // visit is counted and the destination chosen, before the cookie and the record copy them.
     link.target.prefetch();
     crate::prefetch::read(link.creator.as_ptr(), 1);
     crate::prefetch::read(link.campaign.as_ptr(), 1);
+    let mut unique = false;
+    if !is_head {
+        unique = visit.is_some_and(|v| v.check_and_insert());
+        if bot {
+            m.bot_clicks.increment(1);
+        } else {
+            m.human_clicks.increment(1);
+            if unique {
+                m.unique_clicks.increment(1);
+            }
+        }
+    }
     let (mut dest, mut served) = choose(
         &snap,
         link,
@@ -217,15 +229,6 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         _ => m.outcomes.redirect.increment(1),
     }
     if !is_head {
-        let unique = visit.is_some_and(|v| v.check_and_insert());
-        if bot {
-            m.bot_clicks.increment(1);
-        } else {
-            m.human_clicks.increment(1);
-            if unique {
-                m.unique_clicks.increment(1);
-            }
-        }
         let referer = audience::referer_host(headers);
         app.recorder.record(&Click {
             click_id,
