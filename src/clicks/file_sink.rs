@@ -262,8 +262,9 @@ mod tests {
                 wait_for_sync(&sink);
             }
             let pages = resident_pages(sink.current_path().unwrap());
-            assert_ne!(11 * 100_003 % 4096, 0);
-            assert_eq!(pages.len(), (11 * 100_003usize).div_ceil(4096));
+            let page = rustix::param::page_size();
+            assert_ne!(11 * 100_003 % page, 0);
+            assert_eq!(pages.len(), (11 * 100_003usize).div_ceil(page));
             assert!(
                 pages[..pages.len() - 1].iter().any(|p| !p),
                 "{name}: nothing was dropped"

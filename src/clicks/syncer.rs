@@ -24,16 +24,12 @@ use std::sync::{mpsc, Arc};
 /// How much a writer with `drop_cache` writes between two [`Syncer::drop_range`] requests.
 pub const DROP_STEP: u64 = 1 << 20;
 
-/// The page size this is built for (x86_64 and most aarch64 kernels; a larger page only keeps
-/// a little more cached).
-const PAGE: u64 = 4096;
-
 /// `offset` rounded down to a page boundary. Drops stop there: the kernel drops a partial last
 /// page when the range reaches the end of the file, and the next append to that page then
 /// reads it back from disk first (a synchronous read on the pipeline thread for every drop, ~45
 /// a second at 140k clicks/s).
 pub fn whole_pages(offset: u64) -> u64 {
-    offset & !(PAGE - 1)
+    offset & !(rustix::param::page_size() as u64 - 1)
 }
 
 pub struct Syncer {
