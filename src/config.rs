@@ -884,8 +884,10 @@ fn with_sink_auth(sink: SinkSettings, env: Env) -> Result<SinkSettings, String> 
     })
 }
 
-/// A secret from `NAME`, or from the file named by `NAME_FILE`.
+/// A secret from `NAME`, or from the file named by `NAME_FILE`. `NAME` must be in
+/// [`ENV_SECRETS`], or the unknown-name check would warn that it is not a setting.
 fn secret(env: Env, name: &str) -> Result<Option<String>, String> {
+    debug_assert!(ENV_SECRETS.contains(&name), "{name} missing from ENV_SECRETS");
     if let Some(v) = env(name) {
         return Ok(Some(v.trim().to_string()).filter(|v| !v.is_empty()));
     }

@@ -107,12 +107,15 @@ fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
     let dir = scratch("mint");
     let links = dir.join("links.jsonl");
     std::fs::write(&links, format!("{}\n", link("a", "https://a.example/"))).unwrap();
-    let run = |args: &[&str], keys: Option<&str>| {
+    let run_with = |args: &[&str], keys: Option<&str>, extra: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cartlink"));
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CARTLINK_")) {
             cmd.env_remove(name);
         }
-        cmd.args(args).current_dir(&dir).env("CARTLINK_LINKS", &links);
+        cmd.args(args)
+            .current_dir(&dir)
+            .env("CARTLINK_LINKS", &links)
+            .envs(extra.iter().copied());
         if let Some(k) = keys {
             cmd.env("CARTLINK_SIGNING_KEYS", k);
         }
@@ -120,6 +123,7 @@ fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (out.status.success(), text(&out.stdout), text(&out.stderr))
     };
+    let run = |args: &[&str], keys: Option<&str>| run_with(args, keys, &[]);
     let (ok, url, err) = run(&["mint", "a", "--sub", "reel 1&x=<y>"], None);
     assert!(ok, "{err}");
     assert!(err.contains("PUBLIC DEMO KEY"), "{err}");
@@ -142,17 +146,9 @@ fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
     let (ok, _, err) = run(&["mint", "a", "--sub", "&&&"], Some(key));
     assert!(!ok && err.contains("--sub"), "{err}");
     // A misspelt override is named, not silently ignored.
-    let out = Command::new(env!("CARGO_BIN_EXE_cartlink"))
-        .arg("check")
-        .current_dir(&dir)
-        .env("CARTLINK_LINKS", &links)
-        .env("CARTLINK_SIGNING_KEYS", key)
-        .env("CARTLINK_HTTP_MAX_INFLIGT", "10")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = run_with(&["check"], Some(key), &[("CARTLINK_HTTP_MAX_INFLIGT", "10")]);
     assert!(
-        out.status.success() && err.contains("CARTLINK_HTTP_MAX_INFLIGT is not a cartlink setting"),
+        ok && err.contains("CARTLINK_HTTP_MAX_INFLIGT is not a cartlink setting"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(dir);
