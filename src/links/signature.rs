@@ -34,11 +34,16 @@ pub enum KeyError {
     Empty,
 }
 
+/// HMAC-SHA256 keyed once: each cookie clones the state after the key's block, so a MAC is
+/// the message's blocks and one more, without ring's per-`Context` setup. The same bytes as
+/// `ring::hmac` under the same key (tested below), so cookies issued before still verify.
+type CookieKey = ::hmac::Hmac<sha2::Sha256>;
+
 struct SigningKey {
     kid: Box<str>,
     link: hmac::Key,
     /// Derived from the link key so one secret per kid covers links and cookies.
-    cookie: hmac::Key,
+    cookie: CookieKey,
 }
 
 /// The keys that sign and verify links and attribution cookies.
@@ -144,13 +149,14 @@ impl KeyRing {
     }
 }
 
-fn cookie_mac(key: &hmac::Key, msg: &[&[u8]]) -> [u8; 16] {
-    let mut ctx = hmac::Context::with_key(key);
+fn cookie_mac(key: &CookieKey, msg: &[&[u8]]) -> [u8; 16] {
+    use ::hmac::Mac;
+    let mut mac = key.clone();
     for part in msg {
-        ctx.update(part);
+        mac.update(part);
     }
     let mut out = [0u8; 16];
-    out.copy_from_slice(&ctx.sign().as_ref()[..16]);
+    out.copy_from_slice(&mac.finalize().into_bytes()[..16]);
     out
 }
 
@@ -164,7 +170,7 @@ impl SigningKey {
     fn new(kid: &str, secret: &[u8]) -> SigningKey {
         let link = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derived = hmac::sign(&link, b"cartlink/cookie/v1");
-        let cookie = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        let cookie = <CookieKey as ::hmac::Mac>::new_from_slice(derived.as_ref()).expect("HMAC takes any key length");
         SigningKey {
             kid: kid.into(),
             link,
@@ -217,6 +223,27 @@ mod tests {
         let old = KeyRing::parse(K1).unwrap().sign("jane-serum");
         assert!(!KeyRing::is_link_sig(&kept, old.as_bytes()));
         assert!(ring.verify(b"jane-serum", old.as_bytes()));
+    }
+
+    /// Cookies issued by builds that used ring's HMAC must keep verifying: the same tag for
+    /// every message length a cookie can have (and past it), split anywhere.
+    #[test]
+    fn cookie_mac_is_ring_hmac_under_the_derived_key() {
+        let keys = KeyRing::parse(K1).unwrap();
+        let secret = decode_key(K1.split_once(':').unwrap().1).unwrap();
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), b"cartlink/cookie/v1");
+        let ring_key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        let msg: Vec<u8> = (0..400u32).map(|i| (i * 31 + 7) as u8).collect();
+        for len in 0..msg.len() {
+            let m = &msg[..len];
+            let tag = hmac::sign(&ring_key, m);
+            let want = &tag.as_ref()[..16];
+            assert_eq!(keys.cookie_tag(&[m]), want, "length {len}");
+            let (a, b) = m.split_at(len / 3);
+            assert_eq!(keys.cookie_tag(&[a, b]), want, "length {len}, split");
+            assert!(keys.cookie_verify(&[a, b], want));
+        }
+        assert!(!keys.cookie_verify(&[b"x"], &hmac::sign(&ring_key, b"y").as_ref()[..16]));
     }
 
     #[test]
