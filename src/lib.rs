@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clicks;
 pub mod commerce;
 pub mod config;
+pub mod huge_slice;
 pub mod links;
 pub mod metrics;
 pub mod prefetch;

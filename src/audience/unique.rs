@@ -12,6 +12,7 @@
 //! of workers insert concurrently without waiting. An insert racing another insert of the same
 //! key may report both as unique — at worst one extra unique per race, never a lost click.
 
+use crate::huge_slice::HugeSlice;
 use arc_swap::ArcSwap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
@@ -19,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Bloom {
-    blocks: Box<[Block]>,
+    /// On huge pages: each visit reads one block anywhere in megabytes.
+    blocks: HugeSlice<Block>,
     hashes: u32,
     /// Keyed foldhash: a fresh random seed per generation. SipHash took about 700 of the
     /// request's instructions for this one key; a visitor who cannot see the seed cannot aim
@@ -30,6 +32,7 @@ pub struct Bloom {
 /// 512 bits on one cache line: all of an item's bits live in one block, so a check or an
 /// insert costs one cache miss instead of one per hash.
 #[repr(align(64))]
+#[derive(Default)]
 struct Block([AtomicU64; 8]);
 
 /// Blocking costs accuracy at the same size (blocks fill unevenly, and many hashes crowd one
@@ -48,7 +51,7 @@ impl Bloom {
         let blocks = bits.div_ceil(512);
         let hashes = ((blocks as f64 * 512.0 / n) * ln2).round().clamp(1.0, MAX_HASHES) as u32;
         Bloom {
-            blocks: (0..blocks).map(|_| Block(Default::default())).collect(),
+            blocks: HugeSlice::new(blocks as usize),
             hashes,
             key: foldhash::quality::RandomState::default(),
         }

@@ -9,13 +9,11 @@
 //! Keys come only from the links file, never from visitors, so the probe lengths are set by the
 //! file's ids; a visitor's made-up id only reads a few slots.
 //!
-//! The slots live in a mapping of their own, on 2 MiB pages where the kernel allows
-//! (`madvise(MADV_HUGEPAGE)`): a lookup's first read lands anywhere in an array of megabytes,
-//! and on 4 KiB pages it missed the TLB as well as the cache (in `perf`, the redirect's
-//! longest stall). Only this array: the allocator on huge pages everywhere raised p99 (README).
+//! The slots live in a [`HugeSlice`](crate::huge_slice::HugeSlice), on 2 MiB pages: a
+//! lookup's first read lands anywhere in an array of megabytes, and on 4 KiB pages it missed
+//! the TLB as well as the cache (in `perf`, the redirect's longest stall).
 
 use super::Link;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -125,87 +123,8 @@ fn slots_for(n: usize) -> usize {
     (n + n / 2).max(8).next_power_of_two()
 }
 
-/// An array of empty slots in an anonymous mapping of its own (see the module's comment).
-struct Slots {
-    ptr: NonNull<Slot>,
-    len: usize,
-}
-
-// Owned like a `Box<[Slot]>`, and `Slot` is `Send + Sync`.
-unsafe impl Send for Slots {}
-unsafe impl Sync for Slots {}
-
-impl Slots {
-    fn new(len: usize) -> Slots {
-        if len == 0 {
-            return Slots::default();
-        }
-        let bytes = len * std::mem::size_of::<Slot>();
-        use rustix::mm::{madvise, mmap_anonymous, Advice, MapFlags, ProtFlags};
-        // SAFETY: a fresh private mapping, owned by the returned value and unmapped by its drop.
-        let mapped = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                bytes,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )
-        };
-        let addr = mapped.unwrap_or_else(|e| panic!("mapping {bytes} bytes for the links index: {e}"));
-        // Refused where transparent huge pages are off: the array then works on small pages.
-        // SAFETY: advice on the mapping just made.
-        let _ = unsafe { madvise(addr, bytes, Advice::LinuxHugepage) };
-        let ptr = NonNull::new(addr.cast::<Slot>()).expect("mmap returned a mapping");
-        for i in 0..len {
-            // SAFETY: in bounds of the mapping, which is page-aligned and so aligned for `Slot`.
-            unsafe { ptr.as_ptr().add(i).write(Slot::default()) };
-        }
-        Slots { ptr, len }
-    }
-}
-
-impl Default for Slots {
-    fn default() -> Slots {
-        Slots {
-            ptr: NonNull::dangling(),
-            len: 0,
-        }
-    }
-}
-
-impl std::ops::Deref for Slots {
-    type Target = [Slot];
-    fn deref(&self) -> &[Slot] {
-        // SAFETY: `len` initialised slots from `ptr` (dangling and empty when `len` is 0).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl std::ops::DerefMut for Slots {
-    fn deref_mut(&mut self) -> &mut [Slot] {
-        // SAFETY: as for `deref`, and `&mut self` makes the access unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Slots {
-    fn drop(&mut self) {
-        if self.len == 0 {
-            return;
-        }
-        // SAFETY: the slots are initialised and dropped once, then their mapping is unmapped.
-        unsafe {
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len));
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<Slot>());
-        }
-    }
-}
-
-impl std::fmt::Debug for Slots {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slots").field("len", &self.len).finish()
-    }
-}
+/// The slot array, on huge pages (see the module comment).
+type Slots = crate::huge_slice::HugeSlice<Slot>;
 
 #[cfg(test)]
 mod tests {
