@@ -20,12 +20,15 @@ pub fn write<T>(p: *const T, bytes: usize) {
     let _ = (p, bytes);
 }
 
-/// One hint per 64-byte line of the `bytes` at `p`.
+/// One hint per 64-byte line that the `bytes` at `p` touch: an unaligned range of n lines
+/// worth of bytes spans n + 1 of them.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn lines<const HINT: i32>(p: *const i8, bytes: usize) {
-    for line in (0..bytes).step_by(64) {
+    let first = p.wrapping_sub(p as usize % 64);
+    let span = (p as usize % 64 + bytes).div_ceil(64);
+    for line in 0..span {
         // SAFETY: a prefetch is a hint (above).
-        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.wrapping_add(line)) };
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_add(line * 64)) };
     }
 }

@@ -101,9 +101,11 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Starts loading the URL's first bytes into the cache (see [`crate::prefetch`]).
+    /// Starts loading the URL into the cache (see [`crate::prefetch`]): all of it, since the
+    /// answer copies all of it; a cart URL with its attribution parameters is often more than
+    /// three lines long. Capped, for the odd very long URL.
     pub fn prefetch(&self) {
-        crate::prefetch::read(self.url.as_ptr(), self.url.len().min(192));
+        crate::prefetch::read(self.url.as_ptr(), self.url.len().min(512));
     }
 
     /// The URL up to the click ID (includes the click parameter's key).
