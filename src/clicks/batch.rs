@@ -18,11 +18,12 @@ impl Batch {
         Batch::default()
     }
 
-    /// An empty batch with room for as many records, and bytes, as `like`.
+    /// An empty batch with the room `like` had, which grew to the largest batch so far: a batch
+    /// flushed early by age would otherwise leave the next one to grow (a reallocation and a copy).
     pub fn sized_like(like: &Batch) -> Batch {
         Batch {
-            body: Vec::with_capacity(like.body.len()),
-            ends: Vec::with_capacity(like.ends.len()),
+            body: Vec::with_capacity(like.body.capacity()),
+            ends: Vec::with_capacity(like.ends.capacity()),
         }
     }
 
