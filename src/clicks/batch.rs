@@ -32,6 +32,15 @@ impl Batch {
         self.push_raw(&record);
     }
 
+    /// Adds the record `write` appends to the body, if it says it wrote one.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        let ok = write(&mut self.body);
+        if ok {
+            self.ends.push(self.body.len());
+        }
+        ok
+    }
+
     /// Adds a copy of one encoded record (with its newline).
     pub fn push_raw(&mut self, record: &[u8]) {
         self.body.extend_from_slice(record);

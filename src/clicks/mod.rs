@@ -1,10 +1,11 @@
 //! Click records and the pipeline that carries them to a sink.
 //!
-//! The redirect path calls [`Recorder::record`], which never waits: it encodes the record into
+//! The redirect path calls [`Recorder::record`], which never waits: it packs the click into
 //! its thread's ring ([`ring`]), or, when that is full, `try_send`s it into the bounded overflow
 //! queue (`queue_capacity`); a full queue is a counted drop
 //! (`cartlink_clicks_dropped_total{reason="queue_full"}`).
-//! A dedicated thread drains rings and queue on its beat, batches records (count, bytes or age)
+//! A dedicated thread drains rings and queue on its beat, renders packed clicks as their
+//! records ([`record::render`]), batches records (count, bytes or age)
 //! and writes them to the sink ([`sink`]: file, HTTP or NATS JetStream) under one retry policy
 //! ([`retry`]); while the sink is down or slow, batches wait in a disk spill ([`spill`]) and are
 //! replayed in order. Records of one thread keep their order except across an overflow.
@@ -33,8 +34,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// One encoded record in the overflow queue: a JSON object with its trailing newline, whose id
-/// is `"<type>_id"` (clicks, conversions, commissions).
+/// One record in the overflow queue: a packed click ([`Click::pack`]), or a JSON object with its
+/// trailing newline whose id is `"<type>_id"` (conversions, commissions).
 pub type Record = Vec<u8>;
 
 /// The redirect path's handle on the pipeline.
@@ -43,25 +44,18 @@ pub struct Recorder {
     hub: Arc<Hub>,
     tx: mpsc::Sender<Record>,
     metrics: Metrics,
-    /// This server's name, in every click record.
-    edge: Arc<str>,
 }
 
 impl Recorder {
-    pub(crate) fn new(hub: Arc<Hub>, tx: mpsc::Sender<Record>, metrics: Metrics, edge: &str) -> Recorder {
-        Recorder {
-            hub,
-            tx,
-            metrics,
-            edge: edge.into(),
-        }
+    pub(crate) fn new(hub: Arc<Hub>, tx: mpsc::Sender<Record>, metrics: Metrics) -> Recorder {
+        Recorder { hub, tx, metrics }
     }
 
-    /// Encodes a click and hands it to the pipeline without waiting. Encoding here rather than
-    /// on the pipeline thread reads the link while it is still in this core's cache, and the
-    /// ring holds no reference to the link.
+    /// Packs a click and hands it to the pipeline without waiting. Packing here copies the
+    /// link's strings while they are still in this core's cache, so the ring holds no reference
+    /// to the link; the pipeline thread writes the JSON.
     pub fn record(&self, click: &Click) {
-        self.send(|line| click.encode(&self.edge, line));
+        self.send(|line| click.pack(line));
     }
 
     /// Hands another record (an encoded JSON object with a `type` and a `<type>_id`, on one

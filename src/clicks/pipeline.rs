@@ -114,6 +114,7 @@ pub fn start(
     let (stop_tx, stop_rx) = oneshot::channel();
     let cfg = cfg.clone();
     let m = metrics.clone();
+    let edge: Arc<str> = edge.into();
     let thread = super::own_thread("cartlink-clicks", move |rt| {
         let shared = Shared {
             spill: RefCell::new(spill),
@@ -123,11 +124,11 @@ pub fn start(
             wake: Notify::new(),
             spill_failing: Cell::new(false),
         };
-        rt.block_on(run(&shared, sink, Input { rings, queue: rx }, stop_rx, &cfg));
+        rt.block_on(run(&shared, sink, Input { rings, queue: rx }, stop_rx, &cfg, &edge));
     })
     .map_err(|e| StartError::Sink(e.to_string()))?;
     Ok((
-        Recorder::new(hub, tx, metrics, edge),
+        Recorder::new(hub, tx, metrics),
         Pipeline {
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -221,9 +222,16 @@ impl Input {
     }
 }
 
-async fn run(sh: &Shared, mut sink: Sink, rx: Input, stop: oneshot::Receiver<Instant>, cfg: &PipelineConfig) {
+async fn run(
+    sh: &Shared,
+    mut sink: Sink,
+    rx: Input,
+    stop: oneshot::Receiver<Instant>,
+    cfg: &PipelineConfig,
+    edge: &str,
+) {
     let (btx, brx) = mpsc::channel(cfg.inflight_batches);
-    tokio::join!(batcher(sh, rx, btx, stop, cfg), sender(sh, &mut sink, brx, cfg));
+    tokio::join!(batcher(sh, rx, btx, stop, cfg, edge), sender(sh, &mut sink, brx, cfg));
     sink.close();
     let mut spill = sh.spill.borrow_mut();
     spill.close();
@@ -244,6 +252,7 @@ async fn batcher(
     out: mpsc::Sender<Batch>,
     mut stop: oneshot::Receiver<Instant>,
     cfg: &PipelineConfig,
+    edge: &str,
 ) {
     let max_age = Duration::from_millis(cfg.batch_max_age_ms);
     let watermark = cfg.queue_capacity.saturating_mul(cfg.spill_watermark_pct as usize) / 100;
@@ -302,7 +311,13 @@ async fn batcher(
                 // For the watermark: what was waiting when this beat began.
                 let waiting = rx.depth();
                 let mut take = |batch: &mut Batch, record: &[u8]| {
-                    batch.push_raw(record);
+                    if !batch.push_with(|body| super::record::render(record, edge, body)) {
+                        // Only a bug could cut a packed click short; counted, never written half.
+                        sh.metrics.clicks_dropped.sink_rejected.increment(1);
+                        sh.metrics.clicks_buffered.decrement(1);
+                        tracing::error!("click pipeline: a packed click could not be read; dropped");
+                        return;
+                    }
                     oldest.get_or_insert_with(tokio::time::Instant::now);
                     if batch.len() >= cfg.batch_max_records || batch.bytes() >= cfg.batch_max_bytes {
                         flush(batch, waiting);

@@ -103,21 +103,233 @@ impl Device {
 impl Click<'_> {
     /// Appends the record and a newline to `out`.
     ///
-    /// Written by hand rather than through serde: the keys are literals, the link's strings
-    /// almost never need escaping, and this runs once per click on the redirect path.
-    /// `tests::encoding_matches_serde_json` holds it to serde_json's output.
+    /// Written by hand rather than through serde: the keys are literals and the link's strings
+    /// almost never need escaping. `tests::encoding_matches_serde_json` holds it to serde_json's
+    /// output.
     pub fn encode(&self, edge: &str, out: &mut Vec<u8>) {
+        self.fields().write_json(edge, out);
+    }
+
+    /// Appends the click in its packed form, which [`render`] turns into the record: its
+    /// fixed-size fields as bytes, then its strings with their lengths, about 110 bytes where
+    /// the record is 420. The redirect path packs, and the pipeline thread renders, so the
+    /// JSON is written off the request's path.
+    pub fn pack(&self, out: &mut Vec<u8>) {
+        let (family, ip) = match self.ip {
+            IpAddr::V4(v4) => (0, v4.to_ipv6_mapped().octets()),
+            IpAddr::V6(v6) => (FLAG_V6, v6.octets()),
+        };
+        let flags = [
+            (self.bot, FLAG_BOT),
+            (self.unique, FLAG_UNIQUE),
+            (self.country.is_some(), FLAG_COUNTRY),
+            (self.attributed_to.is_some(), FLAG_ATTRIBUTED),
+        ]
+        .into_iter()
+        .fold(family, |flags, (on, bit)| if on { flags | bit } else { flags });
+        let (served, variant) = match self.served {
+            Served::Target => (0, 0),
+            Served::Geo => (1, 0),
+            Served::Device => (2, 0),
+            Served::Fallback => (3, 0),
+            Served::Variant(i) => (4, i),
+        };
+        let mut head = [0u8; HEAD];
+        head[0] = PACKED;
+        head[1..17].copy_from_slice(self.click_id.as_bytes());
+        head[17..25].copy_from_slice(&self.ts_ms.to_le_bytes());
+        head[25..41].copy_from_slice(self.attributed_to.unwrap_or_default().as_bytes());
+        head[41] = flags;
+        head[42..44].copy_from_slice(&self.country.unwrap_or_default());
+        head[44] = self.device as u8;
+        head[45] = self.target_type as u8;
+        head[46] = served;
+        head[47] = variant;
+        head[48..50].copy_from_slice(&self.status.to_le_bytes());
+        head[50..66].copy_from_slice(&ip);
+        head[66..70].copy_from_slice(&(self.oos.len() as u32).to_le_bytes());
+        out.extend_from_slice(&head);
+        for item in self.oos {
+            out.extend_from_slice(&item.to_le_bytes());
+        }
+        for s in [
+            Some(&*self.link.id),
+            Some(&*self.link.creator),
+            Some(&*self.link.campaign),
+            self.sub,
+            self.app,
+            self.referer_host,
+        ] {
+            match s {
+                Some(s) => {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                None => out.extend_from_slice(&NONE.to_le_bytes()),
+            }
+        }
+    }
+
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            click_id: self.click_id,
+            ts_ms: self.ts_ms,
+            link_id: &self.link.id,
+            creator: &self.link.creator,
+            campaign: &self.link.campaign,
+            sub: self.sub,
+            country: self.country,
+            device: self.device,
+            bot: self.bot,
+            unique: self.unique,
+            app: self.app,
+            referer_host: self.referer_host,
+            ip: self.ip,
+            served: self.served,
+            oos: Oos::Items(self.oos),
+            target_type: self.target_type,
+            status: self.status,
+            attributed_to: self.attributed_to,
+        }
+    }
+}
+
+/// The first byte of a packed click. Every other record in the stream is a JSON object, which
+/// starts with `{`.
+pub const PACKED: u8 = 0x01;
+/// The fixed-size part of a packed click.
+const HEAD: usize = 70;
+const NONE: u32 = u32::MAX;
+const FLAG_BOT: u8 = 1;
+const FLAG_UNIQUE: u8 = 2;
+const FLAG_COUNTRY: u8 = 4;
+const FLAG_ATTRIBUTED: u8 = 8;
+const FLAG_V6: u8 = 16;
+
+/// Appends the record for `record` to `out`: a packed click ([`Click::pack`]) rendered as
+/// [`Click::encode`] would have written it, anything else (a JSON record) as it is. `false`,
+/// with nothing appended, if a packed click is cut short, which only a bug could cause.
+pub fn render(record: &[u8], edge: &str, out: &mut Vec<u8>) -> bool {
+    if record.first() != Some(&PACKED) {
+        out.extend_from_slice(record);
+        return true;
+    }
+    match Fields::unpack(record) {
+        Some(f) => {
+            f.write_json(edge, out);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Cart items dropped or swapped for stock: as the click has them, or as packed.
+enum Oos<'a> {
+    Items(&'a [u64]),
+    Packed(&'a [u8]),
+}
+
+/// What a record says, from a [`Click`] or from its packed form.
+struct Fields<'a> {
+    click_id: uuid::Uuid,
+    ts_ms: u64,
+    link_id: &'a str,
+    creator: &'a str,
+    campaign: &'a str,
+    sub: Option<&'a str>,
+    country: Option<[u8; 2]>,
+    device: Device,
+    bot: bool,
+    unique: bool,
+    app: Option<&'a str>,
+    referer_host: Option<&'a str>,
+    ip: IpAddr,
+    served: Served,
+    oos: Oos<'a>,
+    target_type: TargetType,
+    status: u16,
+    attributed_to: Option<uuid::Uuid>,
+}
+
+impl<'a> Fields<'a> {
+    fn unpack(b: &'a [u8]) -> Option<Fields<'a>> {
+        let head: &[u8; HEAD] = b.get(..HEAD)?.try_into().ok()?;
+        let flags = head[41];
+        let uuid_at = |i: usize| uuid::Uuid::from_bytes(head[i..i + 16].try_into().unwrap_or_default());
+        let ip: [u8; 16] = head[50..66].try_into().ok()?;
+        let ip = std::net::Ipv6Addr::from(ip);
+        let ip = if flags & FLAG_V6 != 0 {
+            IpAddr::V6(ip)
+        } else {
+            IpAddr::V4(ip.to_ipv4_mapped()?)
+        };
+        let oos_len = u32::from_le_bytes(head[66..70].try_into().ok()?) as usize;
+        let oos_end = HEAD.checked_add(oos_len.checked_mul(8)?)?;
+        let oos = Oos::Packed(b.get(HEAD..oos_end)?);
+        let mut rest = &b[oos_end..];
+        let mut strings = [None; 6];
+        for s in &mut strings {
+            let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+            rest = &rest[4..];
+            if len != NONE {
+                let (text, tail) = rest.split_at_checked(len as usize)?;
+                *s = Some(std::str::from_utf8(text).ok()?);
+                rest = tail;
+            }
+        }
+        let [Some(link_id), Some(creator), Some(campaign), sub, app, referer_host] = strings else {
+            return None;
+        };
+        Some(Fields {
+            click_id: uuid_at(1),
+            ts_ms: u64::from_le_bytes(head[17..25].try_into().ok()?),
+            link_id,
+            creator,
+            campaign,
+            sub,
+            country: (flags & FLAG_COUNTRY != 0).then(|| [head[42], head[43]]),
+            device: [Device::Ios, Device::Android, Device::Desktop, Device::Other]
+                .get(usize::from(head[44]))
+                .copied()?,
+            bot: flags & FLAG_BOT != 0,
+            unique: flags & FLAG_UNIQUE != 0,
+            app,
+            referer_host,
+            ip,
+            served: match head[46] {
+                0 => Served::Target,
+                1 => Served::Geo,
+                2 => Served::Device,
+                3 => Served::Fallback,
+                4 => Served::Variant(head[47]),
+                _ => return None,
+            },
+            oos,
+            target_type: [
+                TargetType::Url,
+                TargetType::ShopifyCart,
+                TargetType::WoocommerceCart,
+                TargetType::BigcommerceCart,
+            ]
+            .get(usize::from(head[45]))
+            .copied()?,
+            status: u16::from_le_bytes([head[48], head[49]]),
+            attributed_to: (flags & FLAG_ATTRIBUTED != 0).then(|| uuid_at(25)),
+        })
+    }
+
+    fn write_json(&self, edge: &str, out: &mut Vec<u8>) {
         let mut idbuf = uuid::Uuid::encode_buffer();
         out.extend_from_slice(b"{\"v\":1,\"type\":\"click\",\"click_id\":\"");
         out.extend_from_slice(self.click_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
         out.extend_from_slice(b"\",\"ts\":\"");
         out.extend_from_slice(&Timestamp::cached(self.ts_ms).0);
         out.extend_from_slice(b"\",\"link_id\":");
-        json_str(out, &self.link.id);
+        json_str(out, self.link_id);
         out.extend_from_slice(b",\"creator\":");
-        json_str(out, &self.link.creator);
+        json_str(out, self.creator);
         out.extend_from_slice(b",\"campaign\":");
-        json_str(out, &self.link.campaign);
+        json_str(out, self.campaign);
         out.extend_from_slice(b",\"sub\":");
         json_opt(out, self.sub);
         out.extend_from_slice(b",\"country\":");
@@ -149,11 +361,18 @@ impl Click<'_> {
         }
         out.extend_from_slice(b",\"oos\":[");
         let mut num = itoa::Buffer::new();
-        for (i, v) in self.oos.iter().enumerate() {
+        let mut item = |i: usize, v: u64| {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(num.format(*v).as_bytes());
+            out.extend_from_slice(num.format(v).as_bytes());
+        };
+        match self.oos {
+            Oos::Items(items) => items.iter().enumerate().for_each(|(i, v)| item(i, *v)),
+            Oos::Packed(bytes) => bytes
+                .chunks_exact(8)
+                .enumerate()
+                .for_each(|(i, v)| item(i, u64::from_le_bytes(v.try_into().unwrap_or_default()))),
         }
         out.extend_from_slice(b"],\"status\":");
         out.extend_from_slice(num.format(self.status).as_bytes());
@@ -248,6 +467,14 @@ mod tests {
         table.get(b"ab-1").unwrap().clone()
     }
 
+    #[test]
+    fn other_records_render_as_they_are() {
+        let conversion = b"{\"v\":1,\"type\":\"conversion\",\"conversion_id\":\"shopify:42\"}\n";
+        let mut out = b"before\n".to_vec();
+        assert!(render(conversion, "edge", &mut out));
+        assert_eq!(out, [b"before\n".as_slice(), conversion].concat());
+    }
+
     proptest! {
         #[test]
         fn encoding_matches_serde_json(
@@ -286,12 +513,29 @@ mod tests {
                     n => Served::Variant(n * 40),
                 },
                 oos: &oos,
-                target_type: TargetType::ShopifyCart,
-                status: 302,
+                target_type: [
+                    TargetType::Url,
+                    TargetType::ShopifyCart,
+                    TargetType::WoocommerceCart,
+                    TargetType::BigcommerceCart,
+                ][(id >> 8) as usize % 4],
+                status: if flags.3 { 302 } else { 303 },
                 attributed_to: flags.1.then(|| uuid::Uuid::from_u128(id ^ 1)),
             };
             let mut out = Vec::new();
             c.encode(&edge, &mut out);
+            // Packed on the redirect path and rendered on the pipeline thread: the same bytes.
+            let mut packed = Vec::new();
+            c.pack(&mut packed);
+            let mut rendered = Vec::new();
+            prop_assert!(render(&packed, &edge, &mut rendered));
+            prop_assert_eq!(&rendered, &out);
+            // Cut short anywhere, a packed click renders nothing rather than half a record.
+            for cut in [1, HEAD - 1, HEAD, HEAD + 3, packed.len() - 1] {
+                let mut half = Vec::new();
+                prop_assert!(!render(&packed[..cut], &edge, &mut half));
+                prop_assert!(half.is_empty());
+            }
             prop_assert_eq!(out.pop(), Some(b'\n'));
             prop_assert!(!out.contains(&b'\n'));
             let got: Value = serde_json::from_slice(&out).unwrap();
