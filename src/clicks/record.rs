@@ -174,16 +174,16 @@ impl Click<'_> {
         Fields {
             click_id: self.click_id,
             ts_ms: self.ts_ms,
-            link_id: &self.link.id,
-            creator: &self.link.creator,
-            campaign: &self.link.campaign,
-            sub: self.sub,
+            link_id: self.link.id.as_bytes(),
+            creator: self.link.creator.as_bytes(),
+            campaign: self.link.campaign.as_bytes(),
+            sub: self.sub.map(str::as_bytes),
             country: self.country,
             device: self.device,
             bot: self.bot,
             unique: self.unique,
-            app: self.app,
-            referer_host: self.referer_host,
+            app: self.app.map(str::as_bytes),
+            referer_host: self.referer_host.map(str::as_bytes),
             ip: self.ip,
             served: self.served,
             oos: Oos::Items(self.oos),
@@ -233,16 +233,16 @@ enum Oos<'a> {
 struct Fields<'a> {
     click_id: uuid::Uuid,
     ts_ms: u64,
-    link_id: &'a str,
-    creator: &'a str,
-    campaign: &'a str,
-    sub: Option<&'a str>,
+    link_id: &'a [u8],
+    creator: &'a [u8],
+    campaign: &'a [u8],
+    sub: Option<&'a [u8]>,
     country: Option<[u8; 2]>,
     device: Device,
     bot: bool,
     unique: bool,
-    app: Option<&'a str>,
-    referer_host: Option<&'a str>,
+    app: Option<&'a [u8]>,
+    referer_host: Option<&'a [u8]>,
     ip: IpAddr,
     served: Served,
     oos: Oos<'a>,
@@ -273,7 +273,7 @@ impl<'a> Fields<'a> {
             rest = &rest[4..];
             if len != NONE {
                 let (text, tail) = rest.split_at_checked(len as usize)?;
-                *s = Some(std::str::from_utf8(text).ok()?);
+                *s = Some(text);
                 rest = tail;
             }
         }
@@ -333,7 +333,7 @@ impl<'a> Fields<'a> {
         out.extend_from_slice(b",\"sub\":");
         json_opt(out, self.sub);
         out.extend_from_slice(b",\"country\":");
-        json_opt(out, self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()));
+        json_opt(out, self.country.as_ref().map(<[u8; 2]>::as_slice));
         out.extend_from_slice(b",\"device\":\"");
         out.extend_from_slice(self.device.as_str().as_bytes());
         out.extend_from_slice(b"\",\"bot\":");
@@ -386,29 +386,30 @@ impl<'a> Fields<'a> {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"edge\":");
-        json_str(out, edge);
+        json_str(out, edge.as_bytes());
         out.extend_from_slice(b"}\n");
     }
 }
 
-/// A JSON string; the common case (nothing to escape) is a copy.
-fn json_str(out: &mut Vec<u8>, s: &str) {
+/// A JSON string from UTF-8 bytes; the common case (nothing to escape) is a copy. The bytes are
+/// a `str`'s, copied as they were: only the rare string that needs escaping is checked again.
+fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     // What JSON must escape (control characters, `"` and `\`), checked by a fold without
     // early exit, unlike `any`, so that it vectorizes.
     let escape = s
-        .bytes()
-        .fold(false, |esc, b| esc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+        .iter()
+        .fold(false, |esc, &b| esc | (b < 0x20) | (b == b'"') | (b == b'\\'));
     if !escape {
         out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
         out.push(b'"');
     } else {
         // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(s));
     }
 }
 
-fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+fn json_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
         Some(s) => json_str(out, s),
         None => out.extend_from_slice(b"null"),
