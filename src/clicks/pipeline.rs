@@ -495,3 +495,78 @@ async fn deliver(sh: &Shared, sink: &mut Sink, batch: &Batch, from_spill: bool, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clicks::{Click, Device, Served};
+
+    /// Clicks recorded faster than the pipeline drains them overflow the ring into the queue;
+    /// from either, each is written as exactly the record `Click::encode` makes.
+    #[test]
+    fn packed_clicks_from_ring_and_queue_are_written_as_their_records() {
+        let dir = std::env::temp_dir().join(format!("cartlink-packed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let clicks_dir = dir.join("clicks");
+        // 40 records a beat: the ring (512 KiB, ~4,000 of these) overflows while they are made.
+        let cfg = PipelineConfig {
+            batch_max_records: 10,
+            ..Default::default()
+        };
+        let metrics = Metrics::new();
+        let sink = SinkSettings::File {
+            dir: clicks_dir.clone(),
+        };
+        let (recorder, pipeline) = start(&sink, &cfg, &dir.join("data"), metrics.clone(), "edge-1").unwrap();
+        let line = r#"{"id":"jane-serum","creator":"jane \"j\"","campaign":"summer26","target":{"type":"url","url":"https://brand.example/p"}}"#;
+        let table = crate::links::parse(line, "t", &crate::links::signature::demo()).unwrap();
+        let link = table.get(b"jane-serum").unwrap();
+        let n = 8_000u64;
+        let oos = [9_007_199_254_740_993u64, 7];
+        let mut want = std::collections::BTreeSet::new();
+        for i in 0..n {
+            let click = Click {
+                click_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | u128::from(i)),
+                ts_ms: 1_780_000_000_000 + i,
+                link,
+                sub: (i % 3 == 0).then_some("reel-1"),
+                country: (i % 2 == 0).then_some(*b"US"),
+                device: Device::Android,
+                bot: i % 5 == 0,
+                unique: i % 7 == 0,
+                app: (i % 4 == 0).then_some("tiktok"),
+                referer_host: (i % 6 == 0).then_some("l.instagram.com"),
+                ip: if i % 2 == 0 {
+                    "203.0.113.0".parse().unwrap()
+                } else {
+                    "2001:db8:1::".parse().unwrap()
+                },
+                served: if i % 9 == 0 { Served::Variant(2) } else { Served::Target },
+                oos: if i % 11 == 0 { &oos } else { &[] },
+                target_type: crate::links::TargetType::ShopifyCart,
+                status: 302,
+                attributed_to: (i % 13 == 0).then(|| uuid::Uuid::from_u128(u128::from(i))),
+            };
+            let mut record = Vec::new();
+            click.encode("edge-1", &mut record);
+            want.insert(record);
+            recorder.record(&click);
+        }
+        pipeline.shutdown(Instant::now() + Duration::from_secs(30));
+        let mut got = std::collections::BTreeSet::new();
+        for file in std::fs::read_dir(&clicks_dir).unwrap() {
+            let body = std::fs::read(file.unwrap().path()).unwrap();
+            for line in body.split_inclusive(|b| *b == b'\n') {
+                assert!(
+                    got.insert(line.to_vec()),
+                    "written twice: {}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+        }
+        assert_eq!(got.len() as u64, n, "every click written once");
+        assert!(got == want, "the written records are the encoded clicks");
+        assert_eq!(metrics.clicks_accepted.get(), n);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
