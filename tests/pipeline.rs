@@ -486,3 +486,45 @@ fn kill_9_loses_only_the_in_memory_window_and_the_spill_survives() {
         o.missing.len()
     );
 }
+
+/// Context switches of the server's pipeline thread so far.
+fn pipeline_thread_switches(pid: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        if std::fs::read_to_string(task.join("comm")).unwrap_or_default().trim() != "cartlink-clicks" {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        return status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+            .sum();
+    }
+    panic!("no cartlink-clicks thread in process {pid}");
+}
+
+#[test]
+fn an_idle_pipeline_wakes_rarely_and_still_delivers_the_next_clicks() {
+    let s = Server::start(
+        "pipeline-idle",
+        PIPELINE_LINKS,
+        &[("CARTLINK_PIPELINE_BATCH_MAX_AGE_MS", "200")],
+    );
+    let pid = s.child.id();
+    // Settle: the beat doubles from 5 ms to 25 ms within some 50 ms of the last record.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = pipeline_thread_switches(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = pipeline_thread_switches(pid) - before;
+    // A 25 ms beat and the 100 ms tick: about 50 a second. At a fixed 5 ms beat it was 210.
+    assert!(woke < 200, "the idle pipeline thread switched {woke} times in 2 s");
+    let sent = clicks(&s, 5);
+    wait_until("the clicks after the idle spell in the click files", REST, || {
+        let mut written = String::new();
+        for f in std::fs::read_dir(s.dir.join("clicks")).into_iter().flatten().flatten() {
+            written.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+        }
+        sent.iter().all(|id| written.contains(id.as_str()))
+    });
+}

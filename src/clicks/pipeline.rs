@@ -8,7 +8,8 @@
 //!                                            └──────────────▶ spill (data_dir/spill) ──┘
 //! ```
 //!
-//! - The **batcher** drains the rings ([`super::ring`]) and the overflow queue on its beat into
+//! - The **batcher** drains the rings ([`super::ring`]) and the overflow queue on its beat (5 ms,
+//!   slowing to 25 ms while nothing comes), renders packed clicks ([`super::record::render`]) into
 //!   a [`Batch`] and flushes it when it reaches `batch_max_records` or `batch_max_bytes`, or
 //!   when its oldest record is `batch_max_age_ms` old. It never waits on the sink: a flushed
 //!   batch goes to the bounded in-flight channel (`inflight_batches`), or — when that is full,
@@ -246,6 +247,9 @@ async fn run(
     sh.gauges();
 }
 
+/// The longest wait between two drains of an idle pipeline (see `batcher`).
+const IDLE_BEAT: Duration = Duration::from_millis(25);
+
 async fn batcher(
     sh: &Shared,
     mut rx: Input,
@@ -265,8 +269,14 @@ async fn batcher(
     // receiver makes every `try_send` on the redirect path wake this thread (a futex call and,
     // on a busy core, a context switch per click). Polling costs one wake-up per beat instead.
     let beat = Duration::from_millis(cfg.batch_max_age_ms.clamp(1, 5));
-    let mut drain = tokio::time::interval(beat);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While beats find nothing the wait doubles, up to `IDLE_BEAT` (never past the batch age),
+    // so an idle server wakes this thread some 40 times a second instead of 200; the first beat
+    // that finds a record goes back to `beat`. A ring holds some 4,000 clicks, so a spike that
+    // starts during a long wait still fits in the rings below about 160k clicks a second, and
+    // past that overflows into the queue, as it would anyway.
+    let idle_beat = IDLE_BEAT.min(max_age).max(beat);
+    let mut wait = beat;
+    let mut next_drain = tokio::time::Instant::now() + wait;
     let flush = |batch: &mut Batch, depth: usize| {
         if batch.is_empty() {
             return;
@@ -305,7 +315,7 @@ async fn batcher(
                 flush(&mut batch, rx.depth());
                 oldest = None;
             }
-            _ = drain.tick() => {
+            () = tokio::time::sleep_until(next_drain) => {
                 // Bounded per beat so the stop signal and ticks stay responsive under load.
                 let limit = cfg.batch_max_records.max(1) * 4;
                 // For the watermark: what was waiting when this beat began.
@@ -324,11 +334,14 @@ async fn batcher(
                         oldest = None;
                     }
                 };
-                let taken = rx.rings.drain(limit, |r| take(&mut batch, r));
+                let mut taken = rx.rings.drain(limit, |r| take(&mut batch, r));
                 let mut closed = false;
-                for _ in taken..limit {
+                while taken < limit {
                     match rx.queue.try_recv() {
-                        Ok(record) => take(&mut batch, &record),
+                        Ok(record) => {
+                            take(&mut batch, &record);
+                            taken += 1;
+                        }
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => {
                             closed = true;
@@ -340,6 +353,8 @@ async fn batcher(
                 if closed && rx.rings.depth() == 0 {
                     break;
                 }
+                wait = if taken == 0 && !stopped { (wait * 2).min(idle_beat) } else { beat };
+                next_drain = tokio::time::Instant::now() + wait;
             }
         }
     }
