@@ -141,8 +141,18 @@ impl Click<'_> {
         head[25..41].copy_from_slice(self.attributed_to.unwrap_or_default().as_bytes());
         head[41] = flags;
         head[42..44].copy_from_slice(&self.country.unwrap_or_default());
-        head[44] = self.device as u8;
-        head[45] = self.target_type as u8;
+        head[44] = match self.device {
+            Device::Ios => 0,
+            Device::Android => 1,
+            Device::Desktop => 2,
+            Device::Other => 3,
+        };
+        head[45] = match self.target_type {
+            TargetType::Url => 0,
+            TargetType::ShopifyCart => 1,
+            TargetType::WoocommerceCart => 2,
+            TargetType::BigcommerceCart => 3,
+        };
         head[46] = served;
         head[47] = variant;
         head[48..50].copy_from_slice(&self.status.to_le_bytes());
@@ -288,9 +298,13 @@ impl<'a> Fields<'a> {
             campaign,
             sub,
             country: (flags & FLAG_COUNTRY != 0).then(|| [head[42], head[43]]),
-            device: [Device::Ios, Device::Android, Device::Desktop, Device::Other]
-                .get(usize::from(head[44]))
-                .copied()?,
+            device: match head[44] {
+                0 => Device::Ios,
+                1 => Device::Android,
+                2 => Device::Desktop,
+                3 => Device::Other,
+                _ => return None,
+            },
             bot: flags & FLAG_BOT != 0,
             unique: flags & FLAG_UNIQUE != 0,
             app,
@@ -305,14 +319,13 @@ impl<'a> Fields<'a> {
                 _ => return None,
             },
             oos,
-            target_type: [
-                TargetType::Url,
-                TargetType::ShopifyCart,
-                TargetType::WoocommerceCart,
-                TargetType::BigcommerceCart,
-            ]
-            .get(usize::from(head[45]))
-            .copied()?,
+            target_type: match head[45] {
+                0 => TargetType::Url,
+                1 => TargetType::ShopifyCart,
+                2 => TargetType::WoocommerceCart,
+                3 => TargetType::BigcommerceCart,
+                _ => return None,
+            },
             status: u16::from_le_bytes([head[48], head[49]]),
             attributed_to: (flags & FLAG_ATTRIBUTED != 0).then(|| uuid_at(25)),
         })
