@@ -517,7 +517,7 @@ mod tests {
     use crate::clicks::{Click, Device, Served};
 
     /// Clicks recorded faster than the pipeline drains them overflow the ring into the queue;
-    /// from either, each is written as exactly the record `Click::encode` makes.
+    /// from either, each is written once, as exactly the record its packed form renders to.
     #[test]
     fn packed_clicks_from_ring_and_queue_are_written_as_their_records() {
         let dir = std::env::temp_dir().join(format!("cartlink-packed-{}", std::process::id()));
@@ -562,8 +562,9 @@ mod tests {
                 status: 302,
                 attributed_to: (i % 13 == 0).then(|| uuid::Uuid::from_u128(u128::from(i))),
             };
-            let mut record = Vec::new();
-            click.encode("edge-1", &mut record);
+            let (mut packed, mut record) = (Vec::new(), Vec::new());
+            click.pack(&mut packed);
+            assert!(crate::clicks::record::render(&packed, "edge-1", &mut record));
             want.insert(record);
             recorder.record(&click);
         }
@@ -580,7 +581,7 @@ mod tests {
             }
         }
         assert_eq!(got.len() as u64, n, "every click written once");
-        assert!(got == want, "the written records are the encoded clicks");
+        assert!(got == want, "the written records are the clicks' records");
         assert_eq!(metrics.clicks_accepted.get(), n);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -26,7 +26,7 @@ pub enum Served {
 }
 
 /// One click, as the redirect path saw it, borrowed from the request and the link: it is
-/// encoded where it is made, while those are still in the CPU's cache (see [`super::Recorder`]).
+/// packed where it is made, while those are still in the CPU's cache (see [`super::Recorder`]).
 #[derive(Debug)]
 pub struct Click<'a> {
     pub click_id: uuid::Uuid,
@@ -101,15 +101,6 @@ impl Device {
 }
 
 impl Click<'_> {
-    /// Appends the record and a newline to `out`.
-    ///
-    /// Written by hand rather than through serde: the keys are literals and the link's strings
-    /// almost never need escaping. `tests::encoding_matches_serde_json` holds it to serde_json's
-    /// output.
-    pub fn encode(&self, edge: &str, out: &mut Vec<u8>) {
-        self.fields().write_json(edge, out);
-    }
-
     /// Appends the click in its packed form, which [`render`] turns into the record: its
     /// fixed-size fields as bytes, then its strings with their lengths, about 110 bytes where
     /// the record is 420. The redirect path packs, and the pipeline thread renders, so the
@@ -179,29 +170,6 @@ impl Click<'_> {
             }
         }
     }
-
-    fn fields(&self) -> Fields<'_> {
-        Fields {
-            click_id: self.click_id,
-            ts_ms: self.ts_ms,
-            link_id: self.link.id.as_bytes(),
-            creator: self.link.creator.as_bytes(),
-            campaign: self.link.campaign.as_bytes(),
-            sub: self.sub.map(str::as_bytes),
-            country: self.country,
-            device: self.device,
-            bot: self.bot,
-            unique: self.unique,
-            app: self.app.map(str::as_bytes),
-            referer_host: self.referer_host.map(str::as_bytes),
-            ip: self.ip,
-            served: self.served,
-            oos: Oos::Items(self.oos),
-            target_type: self.target_type,
-            status: self.status,
-            attributed_to: self.attributed_to,
-        }
-    }
 }
 
 /// The first byte of a packed click. Every other record in the stream is a JSON object, which
@@ -216,9 +184,13 @@ const FLAG_COUNTRY: u8 = 4;
 const FLAG_ATTRIBUTED: u8 = 8;
 const FLAG_V6: u8 = 16;
 
-/// Appends the record for `record` to `out`: a packed click ([`Click::pack`]) rendered as
-/// [`Click::encode`] would have written it, anything else (a JSON record) as it is. `false`,
-/// with nothing appended, if a packed click is cut short, which only a bug could cause.
+/// Appends the record for `record` to `out`: a packed click ([`Click::pack`]) as its JSON
+/// record and a newline, anything else (a JSON record) as it is. `false`, with nothing
+/// appended, if a packed click is cut short, which only a bug could cause.
+///
+/// Written by hand rather than through serde: the keys are literals and the link's strings
+/// almost never need escaping. `tests::rendering_matches_serde_json` holds it to serde_json's
+/// output.
 pub fn render(record: &[u8], edge: &str, out: &mut Vec<u8>) -> bool {
     if record.first() != Some(&PACKED) {
         out.extend_from_slice(record);
@@ -233,13 +205,7 @@ pub fn render(record: &[u8], edge: &str, out: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Cart items dropped or swapped for stock: as the click has them, or as packed.
-enum Oos<'a> {
-    Items(&'a [u64]),
-    Packed(&'a [u8]),
-}
-
-/// What a record says, from a [`Click`] or from its packed form.
+/// What a packed click says.
 struct Fields<'a> {
     click_id: uuid::Uuid,
     ts_ms: u64,
@@ -255,7 +221,8 @@ struct Fields<'a> {
     referer_host: Option<&'a [u8]>,
     ip: IpAddr,
     served: Served,
-    oos: Oos<'a>,
+    /// Cart items dropped or swapped for stock, 8 bytes each (little-endian).
+    oos: &'a [u8],
     target_type: TargetType,
     status: u16,
     attributed_to: Option<uuid::Uuid>,
@@ -275,7 +242,7 @@ impl<'a> Fields<'a> {
         };
         let oos_len = u32::from_le_bytes(head[66..70].try_into().ok()?) as usize;
         let oos_end = HEAD.checked_add(oos_len.checked_mul(8)?)?;
-        let oos = Oos::Packed(b.get(HEAD..oos_end)?);
+        let oos = b.get(HEAD..oos_end)?;
         let mut rest = &b[oos_end..];
         let mut strings = [None; 6];
         for s in &mut strings {
@@ -374,18 +341,14 @@ impl<'a> Fields<'a> {
         }
         out.extend_from_slice(b",\"oos\":[");
         let mut num = itoa::Buffer::new();
-        let mut item = |i: usize, v: u64| {
+        for (i, v) in self.oos.chunks_exact(8).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(num.format(v).as_bytes());
-        };
-        match self.oos {
-            Oos::Items(items) => items.iter().enumerate().for_each(|(i, v)| item(i, *v)),
-            Oos::Packed(bytes) => bytes
-                .chunks_exact(8)
-                .enumerate()
-                .for_each(|(i, v)| item(i, u64::from_le_bytes(v.try_into().unwrap_or_default()))),
+            out.extend_from_slice(
+                num.format(u64::from_le_bytes(v.try_into().unwrap_or_default()))
+                    .as_bytes(),
+            );
         }
         out.extend_from_slice(b"],\"status\":");
         out.extend_from_slice(num.format(self.status).as_bytes());
@@ -405,7 +368,7 @@ impl<'a> Fields<'a> {
 }
 
 /// A JSON string from UTF-8 bytes; the common case (nothing to escape) is a copy. The bytes are
-/// a `str`'s, copied as they were: only the rare string that needs escaping is checked again.
+/// a `str`'s, packed as they were: only the rare string that needs escaping is checked again.
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     // What JSON must escape (control characters, `"` and `\`), checked by a fold without
     // early exit, unlike `any`, so that it vectorizes.
@@ -491,7 +454,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encoding_matches_serde_json(
+        fn rendering_matches_serde_json(
             creator in "\\PC{1,12}|[a-z\"\\\\é]{1,8}",
             campaign in "\\PC{1,12}",
             sub in proptest::option::of("[a-z0-9._~:-]{1,20}"),
@@ -536,14 +499,11 @@ mod tests {
                 status: if flags.3 { 302 } else { 303 },
                 attributed_to: flags.1.then(|| uuid::Uuid::from_u128(id ^ 1)),
             };
-            let mut out = Vec::new();
-            c.encode(&edge, &mut out);
-            // Packed on the redirect path and rendered on the pipeline thread: the same bytes.
+            // Packed on the redirect path, rendered on the pipeline thread.
             let mut packed = Vec::new();
             c.pack(&mut packed);
-            let mut rendered = Vec::new();
-            prop_assert!(render(&packed, &edge, &mut rendered));
-            prop_assert_eq!(&rendered, &out);
+            let mut out = Vec::new();
+            prop_assert!(render(&packed, &edge, &mut out));
             // Cut short anywhere, a packed click renders nothing rather than half a record.
             for cut in [1, HEAD - 1, HEAD, HEAD + 3, packed.len() - 1] {
                 let mut half = Vec::new();
