@@ -28,6 +28,7 @@ use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 use rand::Rng;
+use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -47,12 +48,12 @@ const MAX_SUB: usize = 64;
 /// Answers one public request.
 pub fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
     let started = Instant::now();
-    let resp = route(app, method, uri, headers, peer);
+    let resp = route(app, method, uri, headers, peer, started);
     app.metrics.duration.record(started.elapsed());
     resp
 }
 
-fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
+fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAddr, started: Instant) -> Response<Body> {
     let m = &app.metrics;
     let is_head = match *method {
         Method::GET => false,
@@ -77,7 +78,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     // Who: the client behind the CDN, bot or human, device, country.
     let view = &*snap.view;
     let client = view.client_ip.resolve(peer, headers);
-    let now_ms = now_ms();
+    let now_ms = unix_ms(started);
     let ua = audience::user_agent(headers);
     let ua_hash = audience::agent::hash(ua);
     let agent = audience::agent::of(ua, ua_hash);
@@ -399,10 +400,26 @@ fn push_extra(out: &mut String, mode: Extras, key: &str, value: &str) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The wall clock at `at`, in milliseconds since the epoch, from the wall clock read at most once
+/// a second per thread and the request's own monotonic start: a request reads the clock twice
+/// (to time itself) instead of three times.
+fn unix_ms(at: Instant) -> u64 {
+    thread_local! {
+        /// A monotonic instant and the wall clock then, in nanoseconds since the epoch.
+        static ANCHOR: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        if let Some((then, ns)) = anchor.get() {
+            if let Some(d) = at.checked_duration_since(then).filter(|d| d.as_secs() == 0) {
+                return (ns + u64::from(d.subsec_nanos())) / 1_000_000;
+            }
+        }
+        let ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        anchor.set(Some((at, ns)));
+        ns / 1_000_000
+    })
 }
 
 /// UUIDv7: 48-bit millisecond timestamp, 74 random bits (thread-local CSPRNG, no lock).
@@ -486,6 +503,21 @@ mod tests {
     use super::*;
 
     const LINE: &str = r#"{"id":"ab","creator":"c","campaign":"k","target":{"type":"url","url":"https://a.example/"},"variants":[{"weight":70,"target":{"type":"url","url":"https://a.example/x"}},{"weight":20,"target":{"type":"url","url":"https://a.example/y"}},{"weight":10,"target":{"type":"url","url":"https://a.example/z"}}]}"#;
+
+    #[test]
+    fn the_clicks_wall_clock_follows_the_system_clock_across_re_anchoring() {
+        let wall = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let started = Instant::now();
+        // Past a second, so the per-thread anchor is replaced at least once.
+        while started.elapsed() < std::time::Duration::from_millis(1300) {
+            let before = wall();
+            let got = unix_ms(Instant::now());
+            let after = wall();
+            // A millisecond either way for the pairing of the two clocks at the anchor.
+            assert!(before <= got + 1 && got <= after + 1, "{before} <= {got} <= {after}");
+            std::thread::sleep(std::time::Duration::from_millis(7));
+        }
+    }
 
     #[test]
     fn ab_split_follows_weights_and_sticks() {
