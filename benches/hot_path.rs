@@ -116,6 +116,42 @@ fn bench(c: &mut Criterion) {
             black_box(s.len())
         })
     });
+    // What the pipeline thread does per click: a packed click (as the redirect path leaves it
+    // in a ring) rendered as its JSON record.
+    let table = links::parse(
+        r#"{"id":"l42","creator":"creator42","campaign":"s26","target":{"type":"url","url":"https://brand.example/"}}"#,
+        "bench",
+        &keys,
+    )
+    .unwrap();
+    let link = table.get(b"l42").unwrap();
+    let mut packed = Vec::new();
+    clicks::Click {
+        click_id: id,
+        ts_ms: 1_800_000_000_123,
+        link,
+        sub: Some("reel-7"),
+        country: Some(*b"DE"),
+        device: clicks::Device::Ios,
+        bot: false,
+        unique: true,
+        app: Some("instagram"),
+        referer_host: Some("l.instagram.com"),
+        ip: "203.0.113.0".parse().unwrap(),
+        served: clicks::Served::Target,
+        oos: &[],
+        target_type: links::TargetType::ShopifyCart,
+        status: 302,
+        attributed_to: None,
+    }
+    .pack(&mut packed);
+    c.bench_function("clicks/render (packed click to its JSON record)", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            out.clear();
+            black_box(clicks::record::render(black_box(&packed), "edge-1", &mut out))
+        })
+    });
     // What audience work adds, part by part.
     c.bench_function("audience/agent (cached User-Agent)", |b| {
         b.iter(|| black_box(cartlink::audience::agent(black_box(&headers))))

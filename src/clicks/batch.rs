@@ -4,8 +4,6 @@
 //! hands it to the kernel as one write, the HTTP sink gzips or sends it, NATS publishes each
 //! record, the spill frames each.
 
-use super::Record;
-
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     body: Vec<u8>,
@@ -25,11 +23,6 @@ impl Batch {
             body: Vec::with_capacity(like.body.capacity()),
             ends: Vec::with_capacity(like.ends.capacity()),
         }
-    }
-
-    /// Adds one encoded record (with its newline).
-    pub fn push(&mut self, record: Record) {
-        self.push_raw(&record);
     }
 
     /// Adds the record `write` appends to the body, if it says it wrote one.
