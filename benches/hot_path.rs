@@ -153,6 +153,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     // What audience work adds, part by part.
+    c.bench_function("audience/referer_host (an in-app browser's Referer)", |b| {
+        b.iter(|| black_box(cartlink::audience::referer_host(black_box(&headers))))
+    });
     c.bench_function("audience/agent (cached User-Agent)", |b| {
         b.iter(|| black_box(cartlink::audience::agent(black_box(&headers))))
     });

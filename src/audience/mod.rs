@@ -62,22 +62,26 @@ pub fn anonymize(ip: IpAddr) -> IpAddr {
 
 /// The host of a Referer header, lower-cased; `None` when absent or not a URL with a host.
 pub fn referer_host(headers: &HeaderMap) -> Option<Cow<'_, str>> {
-    let r = headers.get(http::header::REFERER)?.to_str().ok()?;
-    let rest = r.split_once("://")?.1;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // Bytes, not `to_str`: only the host's bytes matter, and they are checked below.
+    let r = headers.get(http::header::REFERER)?.as_bytes();
+    // The first `://` (a searcher for it costs more to build than this header takes to scan).
+    let colon = memchr::memchr_iter(b':', r).find(|&i| r[i + 1..].starts_with(b"//"))?;
+    let rest = &r[colon + 3..];
+    let end = memchr::memchr3(b'/', b'?', b'#', rest).unwrap_or(rest.len());
     let authority = &rest[..end];
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if host.starts_with('[') {
+    let host = memchr::memrchr(b'@', authority).map_or(authority, |at| &authority[at + 1..]);
+    let host = if host.first() == Some(&b'[') {
         host
     } else {
-        host.split(':').next()?
+        &host[..memchr::memchr(b':', host).unwrap_or(host.len())]
     };
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    if !ok {
-        return None;
-    }
+        && host.iter().fold(true, |ok, &b| {
+            ok & (b.is_ascii_alphanumeric() | matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
+        });
+    // ASCII once checked, so always UTF-8.
+    let host = std::str::from_utf8(host).ok().filter(|_| ok)?;
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -138,5 +142,39 @@ mod tests {
             HeaderValue::from_static("https://l.instagram.com/"),
         );
         assert!(matches!(referer_host(&h), Some(Cow::Borrowed("l.instagram.com"))));
+        // Bytes past the host that are not visible ASCII do not hide it.
+        h.insert(
+            http::header::REFERER,
+            HeaderValue::from_bytes(b"https://shop.example/caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(referer_host(&h).as_deref(), Some("shop.example"));
+    }
+
+    /// The host as the first version read it, through `str` methods: the oracle.
+    fn referer_host_by_str(r: &str) -> Option<String> {
+        let rest = r.split_once("://")?.1;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = if host.starts_with('[') {
+            host
+        } else {
+            host.split(':').next()?
+        };
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+        ok.then(|| host.to_ascii_lowercase())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn referer_host_reads_what_the_str_version_read(
+            r in "[a-zA-Z]{0,5}(://)?(://)?[a-zA-Z0-9@:.\\[\\]_%-]{0,40}[/?#]?[ -~]{0,20}"
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::REFERER, HeaderValue::from_str(&r).unwrap());
+            proptest::prop_assert_eq!(referer_host(&h).map(Cow::into_owned), referer_host_by_str(&r));
+        }
     }
 }

@@ -82,7 +82,9 @@ pub fn write(
     let bytes = unsafe { out.as_mut_vec() };
     let start = bytes.len();
     bytes.resize(start + base64::encoded_len(n - p, false).unwrap_or(0), 0);
-    let len = URL_SAFE_NO_PAD.encode_slice(&buf[p..n], &mut bytes[start..]).unwrap_or(0);
+    let len = URL_SAFE_NO_PAD
+        .encode_slice(&buf[p..n], &mut bytes[start..])
+        .unwrap_or(0);
     bytes.truncate(start + len);
 }
 
