@@ -43,6 +43,8 @@ python3 "$BENCH/side-by-side" --paths "$WORK/paths.txt" --rounds "$ROUNDS" --dur
   ${CARTLINK_BIN_B:+--target cartlink-b 18103 "$WORK/cartlink.sh 18103 $CARTLINK_BIN_B"} \
   --target nginx 18101 "$BENCH/nginx-baseline 18101 $WORK/links.tsv" \
   --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv" || status=$?
+# The medians above hide how often each comparison held; these are the per-round counts.
+python3 loadtest/side_by_side/rounds.py "${JSON:-/tmp/cartlink-side-by-side.json}" || true
 echo "click records written: $(cat "$WORK"/clicks/*.jsonl 2>/dev/null | wc -l)"
 # A cartlink that drops clicks is cheaper than one that keeps them: such a run does not count.
 for log in /tmp/side-by-side-cartlink*.log; do

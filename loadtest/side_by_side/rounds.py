@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Per-round ratios from a side-by-side run's JSON (`--json` of ../shared/bench/side-by-side).
+
+The medians the harness prints hide how often each comparison holds; on a shared VM one round
+says little. For each cartlink target this prints, over the rounds, the median of its ratio to
+nginx and to the floor (CPU µs per request, p50, p99) and in how many rounds the ratio was at
+or below the goal (1.0 for nginx, 1.25 for the floor's CPU); with two cartlinks, the first
+against the second as well.
+
+    python3 loadtest/side_by_side/rounds.py /tmp/cartlink-side-by-side.json
+"""
+import json
+import statistics
+import sys
+
+KEYS = [("cpu_us_per_req", "CPU"), ("p50_ms", "p50"), ("p99_ms", "p99")]
+
+
+def ratios(runs, a, b, key):
+    return [x[key] / y[key] for x, y in zip(runs[a], runs[b]) if y[key] > 0]
+
+
+def line(label, rs, goal):
+    if not rs:
+        return f"  {label}: no rounds"
+    held = sum(1 for r in rs if r <= goal)
+    return f"  {label}: median {statistics.median(rs):.3f}x, at or below {goal}x in {held} of {len(rs)} rounds"
+
+
+def main(path):
+    runs = json.load(open(path))["runs"]
+    cartlinks = [t for t in runs if t.startswith("cartlink")]
+    for c in cartlinks:
+        print(f"{c}, per round:")
+        for key, name in KEYS:
+            if "nginx" in runs:
+                print(line(f"{name} vs nginx", ratios(runs, c, "nginx", key), 1.0))
+        if "floor" in runs:
+            print(line("CPU vs floor", ratios(runs, c, "floor", "cpu_us_per_req"), 1.25))
+    if len(cartlinks) == 2:
+        a, b = cartlinks
+        print(f"{a} against {b}, per round:")
+        for key, name in KEYS:
+            print(line(name, ratios(runs, a, b, key), 1.0))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/cartlink-side-by-side.json")
