@@ -80,8 +80,11 @@ pub fn referer_host(headers: &HeaderMap) -> Option<Cow<'_, str>> {
         && host.iter().fold(true, |ok, &b| {
             ok & (b.is_ascii_alphanumeric() | matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
         });
+    if !ok {
+        return None;
+    }
     // ASCII once checked, so always UTF-8.
-    let host = std::str::from_utf8(host).ok().filter(|_| ok)?;
+    let host = std::str::from_utf8(host).ok()?;
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {

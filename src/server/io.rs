@@ -125,7 +125,7 @@ impl Deadline {
 /// Now, to within a clock tick (1–4 ms), which is plenty for deadlines of a second or more.
 /// A keep-alive connection starts its idle deadline twice per request; the kernel's coarse
 /// monotonic clock is one load from the vDSO page, where `Instant::now` reads and scales the
-/// TSC (about 25 ns here, two of a request's six clock reads). The coarse clock counts from
+/// TSC (about 25 ns here; these were two of the six precise reads a request made). The coarse clock counts from
 /// the same origin as `Instant`'s, so one pair of readings, taken once, converts between them.
 fn coarse_now() -> Instant {
     // Through libc, whose `clock_gettime` uses the vDSO where there is one and the syscall
