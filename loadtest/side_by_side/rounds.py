@@ -5,7 +5,9 @@ The medians the harness prints hide how often each comparison holds; on a shared
 says little. For each cartlink target this prints, over the rounds, the median of its ratio to
 nginx and to the floor (CPU µs per request, p50, p99) and in how many rounds the ratio was at
 or below the goal (1.0 for nginx, 1.25 for the floor's CPU); with two cartlinks, the first
-against the second as well.
+against the second as well. Where the runs carry wrk's whole distribution (`tails.py`), it
+also prints each target's median latency at p75-p99.9 and, per percentile, cartlink's ratio to
+nginx's: the shape, which at 64 connections is far steadier from round to round than p99.
 
     python3 loadtest/side_by_side/rounds.py /tmp/cartlink-side-by-side.json
 """
@@ -37,11 +39,31 @@ def main(path):
                 print(line(f"{name} vs nginx", ratios(runs, c, "nginx", key), 1.0))
         if "floor" in runs:
             print(line("CPU vs floor", ratios(runs, c, "floor", "cpu_us_per_req"), 1.25))
+    tails(runs, cartlinks)
     if len(cartlinks) == 2:
         a, b = cartlinks
         print(f"{a} against {b}, per round:")
         for key, name in KEYS:
             print(line(name, ratios(runs, a, b, key), 1.0))
+
+
+def tails(runs, cartlinks):
+    pcts = ["75", "90", "95", "99", "99.9"]
+    if not all(r.get("pct") for rs in runs.values() for r in rs):
+        return
+    print("latency by percentile, median over rounds (ms):")
+    print(f"  {'target':<12}" + "".join(f"{'p' + p:>8}" for p in pcts))
+    for t, rs in runs.items():
+        print(f"  {t:<12}" + "".join(f"{statistics.median(r['pct'][p] for r in rs) / 1000:>8.3f}" for p in pcts))
+    if "nginx" not in runs:
+        return
+    for c in cartlinks:
+        print(f"{c} against nginx by percentile, per round (median ratio, rounds at or below):")
+        cells = []
+        for p in pcts:
+            rs = [x["pct"][p] / y["pct"][p] for x, y in zip(runs[c], runs["nginx"]) if y["pct"][p] > 0]
+            cells.append(f"p{p} {statistics.median(rs):.2f}x {sum(r <= 1.0 for r in rs)}/{len(rs)}")
+        print("  " + ", ".join(cells))
 
 
 if __name__ == "__main__":

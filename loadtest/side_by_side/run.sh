@@ -36,13 +36,14 @@ chmod +x "$WORK/cartlink.sh"
 # Logs of an earlier run (with a cartlink-b this one may not have) must not be read below.
 rm -f /tmp/side-by-side-cartlink*.log
 status=0
-python3 "$BENCH/side-by-side" --paths "$WORK/paths.txt" --rounds "$ROUNDS" --duration "$DURATION" \
+python3 loadtest/side_by_side/tails.py "$BENCH/side-by-side" --paths "$WORK/paths.txt" --rounds "$ROUNDS" --duration "$DURATION" \
   --header "User-Agent: $BENCH_UA" --header "X-Forwarded-For: $BENCH_XFF" \
   --json "${JSON:-/tmp/cartlink-side-by-side.json}" \
   --target cartlink 18100 "$WORK/cartlink.sh 18100 $BIN" \
   ${CARTLINK_BIN_B:+--target cartlink-b 18103 "$WORK/cartlink.sh 18103 $CARTLINK_BIN_B"} \
   --target nginx 18101 "$BENCH/nginx-baseline 18101 $WORK/links.tsv" \
   --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv" || status=$?
+# tails.py is the harness itself plus wrk's whole latency distribution in the JSON.
 # The medians above hide how often each comparison held; these are the per-round counts.
 python3 loadtest/side_by_side/rounds.py "${JSON:-/tmp/cartlink-side-by-side.json}" || true
 echo "click records written: $(cat "$WORK"/clicks/*.jsonl 2>/dev/null | wc -l)"
