@@ -8,6 +8,7 @@ or below the goal (1.0 for nginx, 1.25 for the floor's CPU); with two cartlinks,
 against the second as well. Where the runs carry wrk's whole distribution (`tails.py`), it
 also prints each target's median latency at p75-p99.9 and, per percentile, cartlink's ratio to
 nginx's: the shape, which at 64 connections is far steadier from round to round than p99.
+With `NGINX_LOG=1` (an `nginx-log` target), each comparison with nginx is made with it too.
 
     python3 loadtest/side_by_side/rounds.py /tmp/cartlink-side-by-side.json
 """
@@ -34,9 +35,9 @@ def main(path):
     cartlinks = [t for t in runs if t.startswith("cartlink")]
     for c in cartlinks:
         print(f"{c}, per round:")
-        for key, name in KEYS:
-            if "nginx" in runs:
-                print(line(f"{name} vs nginx", ratios(runs, c, "nginx", key), 1.0))
+        for ref in (t for t in ("nginx", "nginx-log") if t in runs):
+            for key, name in KEYS:
+                print(line(f"{name} vs {ref}", ratios(runs, c, ref, key), 1.0))
         if "floor" in runs:
             print(line("CPU vs floor", ratios(runs, c, "floor", "cpu_us_per_req"), 1.25))
     tails(runs, cartlinks)
@@ -55,15 +56,14 @@ def tails(runs, cartlinks):
     print(f"  {'target':<12}" + "".join(f"{'p' + p:>8}" for p in pcts))
     for t, rs in runs.items():
         print(f"  {t:<12}" + "".join(f"{statistics.median(r['pct'][p] for r in rs) / 1000:>8.3f}" for p in pcts))
-    if "nginx" not in runs:
-        return
     for c in cartlinks:
-        print(f"{c} against nginx by percentile, per round (median ratio, rounds at or below):")
-        cells = []
-        for p in pcts:
-            rs = [x["pct"][p] / y["pct"][p] for x, y in zip(runs[c], runs["nginx"]) if y["pct"][p] > 0]
-            cells.append(f"p{p} {statistics.median(rs):.2f}x {sum(r <= 1.0 for r in rs)}/{len(rs)}")
-        print("  " + ", ".join(cells))
+        for ref in (t for t in ("nginx", "nginx-log") if t in runs):
+            print(f"{c} against {ref} by percentile, per round (median ratio, rounds at or below):")
+            cells = []
+            for p in pcts:
+                rs = [x["pct"][p] / y["pct"][p] for x, y in zip(runs[c], runs[ref]) if y["pct"][p] > 0]
+                cells.append(f"p{p} {statistics.median(rs):.2f}x {sum(r <= 1.0 for r in rs)}/{len(rs)}")
+            print("  " + ", ".join(cells))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@
 #   CARTLINK_BIN=/tmp/other/cartlink loadtest/side_by_side/run.sh   # that binary, no build
 #   CARTLINK_BIN_B=/tmp/base/cartlink loadtest/side_by_side/run.sh  # A/B: a second cartlink,
 #                                   # measured in the same rounds (right after the first)
+#   NGINX_LOG=1 loadtest/side_by_side/run.sh   # adds nginx-log: the same nginx writing a JSON
+#                                   # access-log line per request shaped like cartlink's click
+#                                   # record (423 bytes, buffered 256 KiB), to the same disk
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -26,6 +29,15 @@ trap 'rm -rf "$WORK"' EXIT
 source loadtest/lib.sh
 bench_floor
 bench_links
+# nginx-log: the shared nginx-baseline with its access log on, one JSON line per request with
+# the click record's fields (its own request ID, time, path and address in them).
+if [ -n "${NGINX_LOG:-}" ]; then
+  fields='"v":1,"type":"click","click_id":"\\$request_id","ts":"\\$time_iso8601","link_id":"\\$uri","creator":"creator0000","campaign":"camp0000","sub":null,"country":"FR","device":"ios","bot":false,"unique":true,"app":"instagram","referer_host":"\\$http_referer","ip":"\\$remote_addr","target_type":"url","served":"target","variant":null,"oos":[],"status":\\$status,"attributed_to":null,"edge":"edge-1"'
+  sed "s|^  access_log off;|  log_format click escape=json '{$fields}';\n  access_log $WORK/nginx-access.log click buffer=256k flush=1s;|" \
+    "$BENCH/nginx-baseline" > "$WORK/nginx-logging"
+  grep -q "access_log $WORK/nginx-access.log" "$WORK/nginx-logging" || { echo "nginx-baseline changed: cannot turn its access log on"; exit 2; }
+  chmod +x "$WORK/nginx-logging"
+fi
 cat > "$WORK/cartlink.sh" <<SH
 #!/usr/bin/env bash
 cd $ROOT && ROOT=$ROOT WORK=$WORK && source loadtest/lib.sh && bench_env "\$1"
@@ -42,6 +54,7 @@ python3 loadtest/side_by_side/tails.py "$BENCH/side-by-side" --paths "$WORK/path
   --target cartlink 18100 "$WORK/cartlink.sh 18100 $BIN" \
   ${CARTLINK_BIN_B:+--target cartlink-b 18103 "$WORK/cartlink.sh 18103 $CARTLINK_BIN_B"} \
   --target nginx 18101 "$BENCH/nginx-baseline 18101 $WORK/links.tsv" \
+  ${NGINX_LOG:+--target nginx-log 18104 "$WORK/nginx-logging 18104 $WORK/links.tsv"} \
   --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv" || status=$?
 # tails.py is the harness itself plus wrk's whole latency distribution in the JSON.
 # The medians above hide how often each comparison held; these are the per-round counts.
