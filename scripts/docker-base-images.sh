@@ -10,6 +10,8 @@
 set -euo pipefail
 command -v debootstrap >/dev/null || { echo "needs debootstrap (apt-get install debootstrap)"; exit 2; }
 toolchain=$(rustc --print sysroot)
+# A distribution's rustc has /usr as its sysroot: that is not a toolchain to copy.
+[ "$toolchain" != /usr ] && [ -x "$toolchain/bin/cargo" ] || { echo "needs a rustup toolchain (sysroot: $toolchain)"; exit 2; }
 mirror=${MIRROR:-http://deb.debian.org/debian}
 work=$(mktemp -d /tmp/cartlink-base-images.XXXXXX)
 trap 'rm -rf "$work"' EXIT

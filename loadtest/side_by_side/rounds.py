@@ -62,7 +62,7 @@ def tails(runs, cartlinks):
             cells = []
             for p in pcts:
                 rs = [x["pct"][p] / y["pct"][p] for x, y in zip(runs[c], runs[ref]) if y["pct"][p] > 0]
-                cells.append(f"p{p} {statistics.median(rs):.2f}x {sum(r <= 1.0 for r in rs)}/{len(rs)}")
+                cells.append(f"p{p} {statistics.median(rs):.2f}x {sum(r <= 1.0 for r in rs)}/{len(rs)}" if rs else f"p{p} -")
             print("  " + ", ".join(cells))
 
 
