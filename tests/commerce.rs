@@ -10,6 +10,8 @@ const LINKS: &str = r#"{"id":"drop","creator":"jane","campaign":"s","discount":"
 {"id":"all-or-nothing","creator":"jane","campaign":"s","target":{"type":"woocommerce_cart","format":"checkout_link","shop":"mugs.example","items":[{"product":123,"qty":1},{"product":40000000002,"qty":1}]},"stock":{"policy":"fallback","threshold":2},"fallback":"https://mugs.example/waitlist"}
 "#;
 
+const ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
+
 fn loc(s: &Server, id: &str) -> (String, serde_json::Value) {
     let r = s.get(&path_for(id), &[("User-Agent", IPHONE)]);
     assert_eq!(r.status, 302, "{r:?}");
@@ -111,6 +113,106 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     assert_eq!(
         loc(&s, "all-or-nothing").0,
         "https://mugs.example/waitlist?cl_click={ID}"
+    );
+}
+
+/// A follower routed by country, device or A/B variant gets a cart checked for stock too: the
+/// link's `stock` section applies to each of its carts.
+#[test]
+fn geo_device_and_variant_carts_are_stock_aware_too() {
+    let cart = |items: &str| format!(r#"{{"type":"shopify_cart","shop":"brand.example","items":[{items}]}}"#);
+    let routes = format!(
+        r#"{{"id":"routes","creator":"jane","campaign":"s","target":{},"geo":{{"FR":{}}},"device":{{"ios":{}}},"stock":{{"policy":"drop"}},"fallback":"https://brand.example/waitlist"}}"#,
+        cart(r#"{"variant":11,"qty":1}"#),
+        cart(r#"{"variant":21,"qty":1},{"variant":11,"qty":1}"#),
+        cart(r#"{"variant":31,"qty":1}"#)
+    );
+    let ab = format!(
+        r#"{{"id":"ab","creator":"jane","campaign":"s","target":{},"variants":[{{"weight":1,"target":{}}}],"stock":{{"policy":"fallback"}},"fallback":"https://brand.example/soon"}}"#,
+        cart(r#"{"variant":11,"qty":1}"#),
+        cart(r#"{"variant":41,"qty":2}"#)
+    );
+    let links = format!("{routes}\n{ab}\n");
+    let s = Server::start(
+        "commerce-routes",
+        &links,
+        &[("CARTLINK_TRUSTED_PROXIES", "127.0.0.1/32")],
+    );
+    let from_fr = [
+        ("User-Agent", ANDROID),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("CF-IPCountry", "FR"),
+    ];
+    let get = |id: &str, headers: &[(&str, &str)]| {
+        let r = s.get(&path_for(id), headers);
+        assert_eq!(r.status, 302, "{r:?}");
+        let click = r.click_id();
+        let shape = r.location().replace(&click, "{ID}");
+        let rec = loop {
+            if let Some(rec) = s.clicks().into_iter().find(|c| c["click_id"] == click.as_str()) {
+                break rec;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        (shape, rec["served"].as_str().unwrap().to_string(), rec["oos"].clone())
+    };
+    let q = |id: &str| format!("ref=jane&attributes%5Bcl_link%5D={id}&attributes%5Bcl_click%5D={{ID}}");
+    assert_eq!(
+        get("routes", &from_fr),
+        (
+            format!("https://brand.example/cart/21:1,11:1?{}", q("routes")),
+            "geo".into(),
+            serde_json::json!([])
+        )
+    );
+    inventory(
+        &s,
+        r#"[{"variant":21,"available":0},{"variant":31,"available":0},{"variant":41,"available":0}]"#,
+    );
+    // France's cart loses its sold-out item; the rest of it is still sent.
+    assert_eq!(
+        get("routes", &from_fr),
+        (
+            format!("https://brand.example/cart/11:1?{}", q("routes")),
+            "geo".into(),
+            serde_json::json!([21])
+        )
+    );
+    // The iPhone cart has nothing left: the link's fallback, not an empty cart.
+    assert_eq!(
+        get("routes", &[("User-Agent", IPHONE)]),
+        (
+            "https://brand.example/waitlist?cl_click={ID}".into(),
+            "fallback".into(),
+            serde_json::json!([31])
+        )
+    );
+    // Other devices from elsewhere: the target, untouched.
+    assert_eq!(
+        get("routes", &[("User-Agent", ANDROID)]),
+        (
+            format!("https://brand.example/cart/11:1?{}", q("routes")),
+            "target".into(),
+            serde_json::json!([])
+        )
+    );
+    // The only A/B variant's item is out, under `fallback`.
+    assert_eq!(
+        get("ab", &[("User-Agent", IPHONE)]),
+        (
+            "https://brand.example/soon?cl_click={ID}".into(),
+            "fallback".into(),
+            serde_json::json!([41])
+        )
+    );
+    inventory(&s, r#"{"variant":41,"available":5}"#);
+    assert_eq!(
+        get("ab", &[("User-Agent", IPHONE)]),
+        (
+            format!("https://brand.example/cart/41:2?{}", q("ab")),
+            "variant".into(),
+            serde_json::json!([])
+        )
     );
 }
 

@@ -41,7 +41,7 @@ pub struct Link {
     /// Human clicks counted toward `max_clicks`; carried over from the previous table on reload.
     pub clicks: AtomicU64,
     pub commission: Option<config::CommissionConfig>,
-    /// Cart links that watch stock.
+    /// The target's stock rule, when the link watches stock and its target is a cart.
     pub stock: Option<Box<stock::StockRule>>,
     /// Most links have no other destination; those that do keep them out of line, so a
     /// million plain links stay small.
@@ -51,27 +51,47 @@ pub struct Link {
 #[derive(Debug, Default)]
 struct Routes {
     /// Sorted by country code.
-    geo: Box<[([u8; 2], Destination)]>,
-    device: Box<[(Device, Destination)]>,
+    geo: Box<[([u8; 2], Route)]>,
+    device: Box<[(Device, Route)]>,
     /// Cumulative weights (last = total) with their destinations.
-    variants: Box<[(u32, Destination)]>,
+    variants: Box<[(u32, Route)]>,
     fallback: Option<Destination>,
     /// The store's home page: where a paused, expired or capped link goes when neither it nor
     /// the brand names a fallback. Rendered only for such links.
     home: Option<Destination>,
 }
 
+/// A geo, device or variant destination, with its own stock rule when the link watches stock
+/// and the destination is a cart.
+#[derive(Debug)]
+pub struct Route {
+    pub dest: Destination,
+    pub stock: Option<Box<stock::StockRule>>,
+}
+
 impl Link {
-    pub fn geo_target(&self, country: [u8; 2]) -> Option<&Destination> {
+    pub fn geo_target(&self, country: [u8; 2]) -> Option<&Route> {
         let geo = &self.routes.as_ref()?.geo;
         geo.binary_search_by(|(c, _)| c.cmp(&country)).ok().map(|i| &geo[i].1)
     }
-    pub fn device_target(&self, device: Device) -> Option<&Destination> {
+    pub fn device_target(&self, device: Device) -> Option<&Route> {
         let r = self.routes.as_ref()?;
         r.device.iter().find(|(d, _)| *d == device).map(|(_, t)| t)
     }
-    pub fn variants(&self) -> &[(u32, Destination)] {
+    pub fn variants(&self) -> &[(u32, Route)] {
         self.routes.as_ref().map_or(&[], |r| &r.variants)
+    }
+    /// Every stock rule of the link: its target's and its routes'.
+    pub fn stock_rules(&self) -> impl Iterator<Item = &stock::StockRule> {
+        let routes = self.routes.iter().flat_map(|r| {
+            let geo = r.geo.iter().map(|(_, route)| route);
+            let device = r.device.iter().map(|(_, route)| route);
+            let variants = r.variants.iter().map(|(_, route)| route);
+            geo.chain(device)
+                .chain(variants)
+                .filter_map(|route| route.stock.as_deref())
+        });
+        self.stock.as_deref().into_iter().chain(routes)
     }
     pub fn fallback(&self) -> Option<&Destination> {
         self.routes.as_ref()?.fallback.as_ref()
@@ -203,7 +223,7 @@ impl LinkTable {
     /// Connects stock rules to the shared stock state.
     pub fn bind_stock(&self, inventory: &crate::commerce::inventory::Inventory) {
         for link in self.iter() {
-            if let Some(rule) = &link.stock {
+            for rule in link.stock_rules() {
                 rule.bind(inventory);
             }
         }
@@ -281,6 +301,15 @@ fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Lin
         utm: &utm,
     };
     let target = render(&raw.target, &params, true).map_err(|e| format!("target: {e}"))?;
+    stock::check(&raw)?;
+    let route = |t: &TargetConfig, at: &str| -> Result<Route, String> {
+        Ok(Route {
+            dest: render(t, &params, true).map_err(|e| format!("{at}: {e}"))?,
+            stock: stock::StockRule::for_target(&raw, t)
+                .map_err(|e| format!("{at}: {e}"))?
+                .map(Box::new),
+        })
+    };
     let redirect = match (raw.redirect, target.see_other) {
         (None, true) => 303,
         (None, false) => 302,
@@ -300,8 +329,7 @@ fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Lin
                 "geo key `{country}` must be an ISO 3166 alpha-2 code like `US`"
             ));
         }
-        let d = render(t, &params, true).map_err(|e| format!("geo.{country}: {e}"))?;
-        geo.push(([cc[0], cc[1]], d));
+        geo.push(([cc[0], cc[1]], route(t, &format!("geo.{country}"))?));
     }
     geo.sort_by_key(|(c, _)| *c);
     let mut device = Vec::new();
@@ -313,7 +341,7 @@ fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Lin
             "other" => Device::Other,
             _ => return Err(format!("device key `{name}` must be ios, android, desktop or other")),
         };
-        device.push((d, render(t, &params, true).map_err(|e| format!("device.{name}: {e}"))?));
+        device.push((d, route(t, &format!("device.{name}"))?));
     }
     let mut variants = Vec::new();
     let mut total = 0u32;
@@ -322,10 +350,7 @@ fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Lin
             return Err(format!("variants[{i}].weight must be 1-10000"));
         }
         total += v.weight;
-        variants.push((
-            total,
-            render(&v.target, &params, true).map_err(|e| format!("variants[{i}]: {e}"))?,
-        ));
+        variants.push((total, route(&v.target, &format!("variants[{i}]"))?));
     }
     if variants.len() > 16 {
         return Err("at most 16 variants".into());
@@ -342,7 +367,7 @@ fn build(raw: LinkConfig, interner: &mut Interner, keys: &KeyRing) -> Result<Lin
         None => None,
     };
     let expires_at_ms = raw.expires_at.as_deref().map(parse_rfc3339_ms).transpose()?;
-    let stock = stock::StockRule::from_config(&raw)?.map(Box::new);
+    let stock = stock::StockRule::for_target(&raw, &raw.target)?.map(Box::new);
     if let Some(config::CommissionConfig::RateBp(bp)) = raw.commission {
         if bp > 10_000 {
             return Err(format!("commission rate_bp {bp} is above 100 %"));
@@ -1040,6 +1065,46 @@ mod tests {
             format!(r#"{{"id":"b","creator":"c","campaign":"k",{buy}}}"#),
         ] {
             assert_eq!(parse(&l, "f", &keys()).unwrap().get(b"b").unwrap().redirect, 303);
+        }
+    }
+
+    #[test]
+    fn every_cart_of_a_link_gets_the_stock_rule_and_bad_sections_are_refused() {
+        let cart =
+            |v: u64| format!(r#"{{"type":"shopify_cart","shop":"b.example","items":[{{"variant":{v},"qty":1}}]}}"#);
+        let url = r#"{"type":"url","url":"https://b.example/x"}"#;
+        let link =
+            |target: &str, rest: &str| format!(r#"{{"id":"s","creator":"c","campaign":"k","target":{target}{rest}}}"#);
+        let ok = link(
+            url,
+            &format!(
+                r#","geo":{{"FR":{},"DE":{url}}},"device":{{"ios":{}}},"variants":[{{"weight":1,"target":{}}}],"stock":{{"policy":"swap","substitutes":{{"2":9}}}}"#,
+                cart(2),
+                cart(3),
+                cart(4)
+            ),
+        );
+        let table = parse(&ok, "f", &keys()).unwrap();
+        let l = table.get(b"s").unwrap();
+        assert!(l.stock.is_none(), "a URL target has nothing to watch");
+        let watched: Vec<Vec<(u64, Option<u64>)>> = l
+            .stock_rules()
+            .map(|r| r.items.iter().map(|i| (i.id, i.substitute)).collect())
+            .collect();
+        assert_eq!(watched, vec![vec![(2, Some(9))], vec![(3, None)], vec![(4, None)]]);
+        for (line, why) in [
+            (link(url, r#","stock":{"policy":"drop"}"#), "needs a cart target"),
+            (
+                link(&cart(2), r#","stock":{"policy":"drop","substitutes":{"2":9}}"#),
+                "need the `swap` policy",
+            ),
+            (
+                link(&cart(2), r#","stock":{"policy":"swap","substitutes":{"7":9}}"#),
+                "`7`, which is not an item of the link's carts",
+            ),
+        ] {
+            let e = parse(&line, "f", &keys()).unwrap_err().to_string();
+            assert!(e.contains("f:1:") && e.contains(why), "{line}: {e}");
         }
     }
 

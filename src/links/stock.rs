@@ -103,36 +103,67 @@ fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
     t
 }
 
+/// Checks a link's `stock` section against all its carts: substitutes need the `swap` policy
+/// and must name an item of one of the carts, and at least one destination must be a cart.
+pub fn check(raw: &LinkConfig) -> Result<(), String> {
+    let Some(cfg) = &raw.stock else { return Ok(()) };
+    if !cfg.substitutes.is_empty() && cfg.policy != StockPolicy::Swap {
+        return Err("`substitutes` need the `swap` policy".into());
+    }
+    let carts: Vec<&TargetConfig> = destinations(raw)
+        .filter(|t| !matches!(t, TargetConfig::Url(_)))
+        .collect();
+    if carts.is_empty() {
+        return Err("a `stock` rule needs a cart target".into());
+    }
+    let mut ids = Vec::new();
+    for t in carts {
+        ids.extend(item_ids(t)?.into_iter().map(|(id, _)| id));
+    }
+    for key in cfg.substitutes.keys() {
+        if !ids.iter().any(|id| id.to_string() == *key) {
+            return Err(format!(
+                "substitute for `{key}`, which is not an item of the link's carts"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The target, then the geo, device and variant targets.
+fn destinations(raw: &LinkConfig) -> impl Iterator<Item = &TargetConfig> {
+    std::iter::once(&raw.target)
+        .chain(raw.geo.iter().flat_map(|m| m.values()))
+        .chain(raw.device.iter().flat_map(|m| m.values()))
+        .chain(raw.variants.iter().flatten().map(|v| &v.target))
+}
+
 impl StockRule {
-    pub fn from_config(raw: &LinkConfig) -> Result<Option<StockRule>, String> {
+    /// The rule of the link's `stock` section for one of its destinations: None when the link
+    /// watches no stock or the destination is a plain URL (nothing in it to watch). Each cart
+    /// has its own rule, so a follower routed by country, device or A/B variant is never sent
+    /// to an empty cart either. Call [`check`] first.
+    pub fn for_target(raw: &LinkConfig, target: &TargetConfig) -> Result<Option<StockRule>, String> {
         let Some(cfg) = &raw.stock else { return Ok(None) };
-        let ids = item_ids(&raw.target)?;
-        let mut items = Vec::with_capacity(ids.len());
-        for (id, inventory_item) in ids {
-            let substitute = match cfg.substitutes.get(&id.to_string()) {
-                Some(s) if cfg.policy == StockPolicy::Swap => Some(*s),
-                Some(_) => return Err("`substitutes` need the `swap` policy".into()),
-                None => None,
-            };
-            items.push(StockItem {
+        if matches!(target, TargetConfig::Url(_)) {
+            return Ok(None);
+        }
+        let items = item_ids(target)?
+            .into_iter()
+            .map(|(id, inventory_item)| StockItem {
                 id,
                 inventory_item,
-                substitute,
+                substitute: cfg.substitutes.get(&id.to_string()).copied(),
                 slot: OnceLock::new(),
                 sub_slot: OnceLock::new(),
-            });
-        }
-        for key in cfg.substitutes.keys() {
-            if !items.iter().any(|i| i.id.to_string() == *key) {
-                return Err(format!("substitute for `{key}`, which is not an item of the cart"));
-            }
-        }
+            })
+            .collect();
         // Every variant a rule could produce must render; check them once now.
         let rule = StockRule {
             policy: cfg.policy,
             threshold: cfg.threshold,
             items,
-            target: raw.target.clone(),
+            target: target.clone(),
             link_id: raw.id.clone(),
             creator: raw.creator.clone(),
             discount: raw.discount.clone(),

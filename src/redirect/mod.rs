@@ -20,8 +20,8 @@ use crate::clicks::{Click, Served};
 use crate::config::CookiePolicy;
 use crate::links::destination::Extras;
 use crate::links::signature::KeyRing;
-use crate::links::stock::StockOutcome;
-use crate::links::{Destination, Link, CLICK_ID_LEN, FORWARDABLE};
+use crate::links::stock::{StockOutcome, StockRule};
+use crate::links::{Destination, Link, Route, CLICK_ID_LEN, FORWARDABLE};
 use crate::state::{App, Snapshot, View};
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
@@ -126,7 +126,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             }
         }
     }
-    let (mut dest, mut served) = choose(
+    let (mut dest, mut served, stock) = choose(
         &snap,
         link,
         now_ms,
@@ -142,10 +142,11 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     // later click on a live link is not credited to it. (A stock fallback below still
     // attributes: the link is live, its cart is not.)
     let inactive = served == Served::Fallback;
-    // Stock: one atomic per watched item; only an out-of-stock cart is rendered here.
+    // Stock: one atomic per watched item of the cart chosen; only an out-of-stock cart is
+    // rendered here.
     let restocked;
     let mut oos: Box<[u64]> = Box::default();
-    if let (Served::Target, Some(rule)) = (served, &link.stock) {
+    if let Some(rule) = stock {
         match rule.evaluate() {
             StockOutcome::AllInStock => {}
             StockOutcome::Changed(d, out) => {
@@ -286,8 +287,14 @@ fn country(view: &View, peer: IpAddr, client: IpAddr, headers: &HeaderMap) -> Op
 }
 
 /// Paused, expired or capped → fallback; otherwise by country, then device, then A/B
-/// variant, then the target.
-fn choose<'a>(snap: &'a Snapshot, link: &'a Link, now_ms: u64, bot: bool, v: Visitor) -> (&'a Destination, Served) {
+/// variant, then the target. With the stock rule of the cart chosen, if it has one.
+fn choose<'a>(
+    snap: &'a Snapshot,
+    link: &'a Link,
+    now_ms: u64,
+    bot: bool,
+    v: Visitor,
+) -> (&'a Destination, Served, Option<&'a StockRule>) {
     let expired = link.expires_at_ms.is_some_and(|t| now_ms >= t);
     // Only humans count toward the cap: exactly `max_clicks` of them reach the target.
     let capped = link.max_clicks.is_some_and(|max| {
@@ -299,24 +306,25 @@ fn choose<'a>(snap: &'a Snapshot, link: &'a Link, now_ms: u64, bot: bool, v: Vis
     });
     if link.paused || expired || capped {
         let fb = link.fallback().or(snap.view.brand_fallback.as_ref()).or(link.home());
-        return (fb.unwrap_or(&link.target), Served::Fallback);
+        return (fb.unwrap_or(&link.target), Served::Fallback, None);
     }
-    if let Some(d) = v.country.and_then(|c| link.geo_target(c)) {
-        return (d, Served::Geo);
+    if let Some(r) = v.country.and_then(|c| link.geo_target(c)) {
+        return (&r.dest, Served::Geo, r.stock.as_deref());
     }
-    if let Some(d) = link.device_target(v.device) {
-        return (d, Served::Device);
+    if let Some(r) = link.device_target(v.device) {
+        return (&r.dest, Served::Device, r.stock.as_deref());
     }
     let variants = link.variants();
     if !variants.is_empty() {
         let i = pick_variant(variants, visitor_hash(link, v.headers, v.client));
-        return (&variants[i].1, Served::Variant(i as u8));
+        let r = &variants[i].1;
+        return (&r.dest, Served::Variant(i as u8), r.stock.as_deref());
     }
-    (&link.target, Served::Target)
+    (&link.target, Served::Target, link.stock.as_deref())
 }
 
 /// The variant whose cumulative-weight interval holds `hash mod total`.
-fn pick_variant(variants: &[(u32, Destination)], hash: u64) -> usize {
+fn pick_variant(variants: &[(u32, Route)], hash: u64) -> usize {
     let total = variants.last().map_or(1, |(w, _)| *w);
     let point = (hash % u64::from(total)) as u32;
     variants.partition_point(|(w, _)| *w <= point)
