@@ -3,8 +3,11 @@
 //! webhook.
 //!
 //! A variant's availability is the sum over its locations. Each (item, location) level is
-//! applied by its `updated_at`, so late or repeated deliveries never roll stock back. Ids are
-//! u64 throughout (Shopify's exceed 2^53).
+//! applied by its `updated_at`, so late or repeated deliveries never roll stock back. Shopify's
+//! `updated_at` has whole seconds, and in a spike one item changes several times a second: of
+//! two levels with the same time the lower wins, whichever arrives first, so a sale in the same
+//! second as an earlier level is never lost (a restock in that second waits for the next
+//! update). Ids are u64 throughout (Shopify's exceed 2^53).
 //!
 //! The redirect path never touches a map: every link that watches a variant holds that
 //! variant's [`Slot`] (one atomic), bound when the links table is installed. Updates take the
@@ -79,12 +82,13 @@ impl Inventory {
         self.slot(variant).0.store(available, Ordering::Relaxed);
     }
 
-    /// Applies one (item, location) level if it is newer than the one held.
+    /// Applies one (item, location) level if it is newer than the one held, or as new and lower.
     pub fn apply_level(&self, item: u64, location: u64, available: i64, updated_ms: u64) -> Applied {
         let total = {
             let mut levels = self.levels.entry(item).or_default();
             match levels.iter_mut().find(|l| l.location == location) {
-                Some(l) if l.updated_ms >= updated_ms => return Applied::Stale,
+                Some(l) if l.updated_ms > updated_ms => return Applied::Stale,
+                Some(l) if l.updated_ms == updated_ms && l.available <= available => return Applied::Stale,
                 Some(l) => {
                     l.available = available;
                     l.updated_ms = updated_ms;
@@ -209,7 +213,25 @@ mod tests {
             }
         );
         assert_eq!(inv.apply_level(item, 1, 99, 999), Applied::Stale, "late delivery");
-        assert_eq!(inv.apply_level(item, 1, 99, 1000), Applied::Stale, "repeat");
+        assert_eq!(inv.apply_level(item, 1, 10, 1000), Applied::Stale, "repeat");
+        assert_eq!(
+            inv.apply_level(item, 1, 99, 1000),
+            Applied::Stale,
+            "higher in the same second"
+        );
+        assert_eq!(
+            inv.apply_level(item, 1, 3, 1000),
+            Applied::Updated {
+                variant: Some(40_000_000_001),
+                total: 8
+            },
+            "a sale in the same second"
+        );
+        assert_eq!(
+            inv.apply_level(item, 1, 10, 1000),
+            Applied::Stale,
+            "the earlier level, late"
+        );
         assert_eq!(
             inv.apply_level(item, 1, 0, 2000),
             Applied::Updated {
