@@ -140,6 +140,69 @@ fn orders_become_conversions_and_commissions_exactly_once() {
     );
 }
 
+/// Delivery ids are remembered in memory only; the ledger is on disk. A refund Shopify
+/// delivers again after a restart must not be clawed back twice, and a cancellation after it
+/// takes exactly what is left.
+#[test]
+fn a_refund_delivered_again_after_a_restart_is_not_clawed_back_twice() {
+    let env = [("CARTLINK_SHOPIFY_WEBHOOK_SECRETS", "new-secret")];
+    let mut s = Server::start("webhooks-restart", LINKS, &env);
+    let orders = "/webhooks/shopify/orders";
+    let click = s.get(&path_for("kit"), &[("User-Agent", IPHONE)]).click_id();
+    // 50.00 at 10 %: 5.00 paid.
+    let paid = format!(
+        r#"{{"id":9007199254740997,"currency":"USD","current_subtotal_price":"50.00","note_attributes":[{{"name":"cl_click","value":"{click}"}},{{"name":"cl_link","value":"kit"}}]}}"#
+    );
+    let refund = br#"{"id":77,"order_id":9007199254740997,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"19.99","currency_code":"USD"}}}]}"#;
+    assert_eq!(
+        deliver_webhook(&s, orders, "orders/paid", "r-1", paid.as_bytes(), "new-secret"),
+        200
+    );
+    assert_eq!(
+        deliver_webhook(&s, orders, "refunds/create", "r-2", refund, "new-secret"),
+        200
+    );
+    settle(&s);
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(std::time::Duration::from_secs(20)), 0);
+    let dir = scratch("webhooks-restart-2");
+    copy_tree(&s.dir.join("data"), &dir.join("data"));
+    copy_tree(&s.dir.join("clicks"), &dir.join("clicks"));
+    std::fs::write(dir.join("links.jsonl"), LINKS).unwrap();
+    drop(s);
+
+    let s = Server::start_in(dir, &env);
+    // The same delivery again (its id forgotten with the process), then the cancellation.
+    assert_eq!(
+        deliver_webhook(&s, orders, "refunds/create", "r-2", refund, "new-secret"),
+        200
+    );
+    assert_eq!(
+        deliver_webhook(&s, orders, "orders/cancelled", "r-3", paid.as_bytes(), "new-secret"),
+        200
+    );
+    settle(&s);
+    let mut amounts: Vec<(String, i64)> = records_of(&s, "commission")
+        .iter()
+        .map(|c| {
+            (
+                c["commission_id"].as_str().unwrap().to_string(),
+                c["amount_minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    amounts.sort_unstable();
+    assert_eq!(
+        amounts,
+        [
+            ("shopify:9007199254740997:cancelled".to_string(), -300),
+            ("shopify:9007199254740997:paid".to_string(), 500),
+            ("shopify:9007199254740997:refund:77".to_string(), -200),
+        ],
+        "paid 5.00, the refund of 19.99 took 2.00 once, the cancellation the 3.00 left"
+    );
+}
+
 #[test]
 fn forged_changed_and_oversized_deliveries_are_refused() {
     let s = Server::start(

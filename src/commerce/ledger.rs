@@ -6,6 +6,9 @@
 //!   its subtotal up to what is left: cancelling and refunding one order never takes back more
 //!   than it paid.
 //! - An order the ledger does not know paid nothing that can be clawed back.
+//! - Each clawback names what it was for (`cancelled`, `refund:<id>`), and one that is already
+//!   on the ledger is not taken again: a refund Shopify delivers again after a restart (the
+//!   delivery ids are remembered in memory only) takes nothing twice.
 //! - Append-only JSON Lines, `fdatasync`ed before the webhook is answered; a torn last line
 //!   (a crash mid-append, never answered 200) is cut at open, and Shopify delivers it again.
 
@@ -36,6 +39,9 @@ pub struct Entry {
     pub clawed_basis: i64,
     #[serde(default)]
     pub clawed: i64,
+    /// What the clawbacks were for (`cancelled`, `refund:<id>`), from the ledger's lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clawed_for: Vec<String>,
 }
 
 impl Entry {
@@ -58,8 +64,18 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Change {
-    Paid { order: u64, paid: Entry },
-    Clawed { order: u64, basis: i64, amount: i64 },
+    Paid {
+        order: u64,
+        paid: Entry,
+    },
+    Clawed {
+        order: u64,
+        basis: i64,
+        amount: i64,
+        /// `cancelled` or `refund:<id>`; absent on lines written before it was kept.
+        #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+        what: Option<String>,
+    },
 }
 
 pub struct Ledger {
@@ -130,10 +146,16 @@ impl Ledger {
                 // Never reset what was clawed back: the first record of a payment stands.
                 self.orders.entry(*order).or_insert_with(|| paid.clone());
             }
-            Change::Clawed { order, basis, amount } => {
+            Change::Clawed {
+                order,
+                basis,
+                amount,
+                what,
+            } => {
                 if let Some(mut e) = self.orders.get_mut(order) {
                     e.clawed_basis += basis;
                     e.clawed += amount;
+                    e.clawed_for.extend(what.clone());
                 }
             }
         }
@@ -157,6 +179,7 @@ mod tests {
             amount,
             clawed_basis: 0,
             clawed: 0,
+            clawed_for: Vec::new(),
         }
     }
 
@@ -188,6 +211,7 @@ mod tests {
             order: 9_007_199_254_740_995,
             basis: 1000,
             amount: 100,
+            what: Some("refund:77".into()),
         }])
         .unwrap();
         drop(l);
@@ -197,13 +221,21 @@ mod tests {
         let l = Ledger::open(&dir).unwrap();
         let e = l.get(9_007_199_254_740_995).unwrap();
         assert_eq!((e.clawed_basis, e.clawed, e.amount), (1000, 100, 500));
+        assert_eq!(e.clawed_for, ["refund:77"], "what it was for survives the reopen");
         assert!(l.get(1).is_none());
+        // A line written before clawbacks named what they were for still counts.
         l.apply(&[Change::Clawed {
             order: 9_007_199_254_740_995,
             basis: 4000,
             amount: 400,
+            what: None,
         }])
         .unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE)).unwrap();
+        assert!(
+            text.ends_with("{\"order\":9007199254740995,\"basis\":4000,\"amount\":400}\n"),
+            "{text}"
+        );
         let l = Ledger::open(&dir).unwrap();
         assert_eq!(
             l.get(9_007_199_254_740_995).unwrap().clawed,

@@ -288,12 +288,21 @@ impl OrderRecords {
         let Some(paid) = ledger.get(order) else {
             return;
         };
+        // Already on the ledger: Shopify delivered it again after this process forgot it.
+        if paid.clawed_for.iter().any(|w| w == what) {
+            return;
+        }
         let (basis, amount) = paid.clawback(basis);
         if amount == 0 {
             return;
         }
         self.records.push(commission(order, what, &paid, -basis, -amount, ts));
-        self.changes.push(Change::Clawed { order, basis, amount });
+        self.changes.push(Change::Clawed {
+            order,
+            basis,
+            amount,
+            what: Some(what.into()),
+        });
     }
 }
 
@@ -371,6 +380,7 @@ fn paid_entry(a: &Attribution, basis: i64, currency: &str) -> Option<Entry> {
         amount,
         clawed_basis: 0,
         clawed: 0,
+        clawed_for: Vec::new(),
     })
 }
 
