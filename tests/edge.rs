@@ -204,6 +204,38 @@ fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
     trickler.join().unwrap();
 }
 
+/// A connection that sends nothing is closed at the header timeout, not held for the idle
+/// timeout (75 s); a keep-alive connection between requests is not.
+#[test]
+fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let s = Server::start(
+        "edge-silent",
+        LINKS,
+        &[("CARTLINK_HTTP_HEADER_READ_TIMEOUT_MS", "1000")],
+    );
+    let mut silent = TcpStream::connect(s.public).unwrap();
+    let started = Instant::now();
+    let mut kept = TcpStream::connect(s.public).unwrap();
+    let mut buf = [0u8; 4096];
+    kept.write_all(kit_request().as_bytes()).unwrap();
+    let n = kept.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 302"));
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(2)),
+        "a silent connection still open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The answered connection has been idle longer than the header timeout, and still serves.
+    std::thread::sleep(Duration::from_millis(1500));
+    kept.write_all(kit_request().as_bytes()).unwrap();
+    let n = kept.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 302"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 #[test]
 fn idle_keepalive_connections_are_closed() {
     let s = Server::start("edge-idle", LINKS, &[("CARTLINK_HTTP_KEEPALIVE_IDLE_MS", "300")]);

@@ -5,9 +5,12 @@
 //!   buffers forever;
 //! - **idle**: a read that waits for `idle_timeout` with nothing read or written since fails,
 //!   closing keep-alive connections nobody uses (HTTP/2 included);
-//! - **head** (public listeners): once a client has sent a byte, an answer must be written
-//!   within `head_timeout`, or its next read fails — a request head dribbled out a byte at a
-//!   time (slowloris) is cut off. Public requests carry no body, so this is hyper's header
+//! - **head** (public listeners): from the connection's start, and once a client has sent a
+//!   byte after an answer, an answer must be written within `head_timeout`, or its next read
+//!   fails — a request head dribbled out a byte at a time (slowloris) is cut off, and so is a
+//!   new connection that sends nothing at all (else it would be held for the idle timeout, and
+//!   a few hundred a second would fill the connection cap). A keep-alive connection between
+//!   requests is the idle deadline's. Public requests carry no body, so this is hyper's header
 //!   read timeout without hyper's timer, which armed and disarmed a timer-wheel entry (a lock
 //!   and an allocation) for every request. The admin listener, whose uploads can be long,
 //!   keeps hyper's.
@@ -34,7 +37,8 @@ pub struct Deadlines<T> {
     write: Deadline,
     idle: Deadline,
     head: Option<Deadline>,
-    /// Bytes read since the last answer was written: the head deadline runs.
+    /// A new connection, or bytes read since the last answer was written: the head deadline
+    /// runs.
     heard: bool,
     pipeline: Pipeline,
 }
@@ -156,7 +160,7 @@ impl<T> Deadlines<T> {
             write: Deadline::new(t.write),
             idle: Deadline::new(t.idle),
             head: t.head.map(Deadline::new),
-            heard: false,
+            heard: true,
             pipeline,
         }
     }
