@@ -121,7 +121,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             .build()?
     };
     let grace = s.drain_grace;
-    rt.block_on(async {
+    let deadline = rt.block_on(async {
         let public = tokio::net::TcpListener::bind(s.listen)
             .await
             .with_context(|| format!("listen {}", s.listen))?;
@@ -168,7 +168,7 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
                 }
             }
         });
-        server::run(
+        let deadline = server::run(
             app.clone(),
             public,
             admin,
@@ -179,14 +179,15 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             shutdown,
         )
         .await;
-        anyhow::Ok(())
+        anyhow::Ok(deadline)
     })?;
     if let Some(p) = &app.payouts {
         // Whatever is not delivered yet stays in the outbox for the next start.
         p.shutdown();
     }
+    // Within what is left of the grace period; past it, what is left goes to the spill.
     tracing::info!("flushing queued clicks");
-    pipeline.shutdown(Instant::now() + grace);
+    pipeline.shutdown(deadline);
     drop(rt);
     tracing::info!("stopped");
     Ok(())

@@ -242,7 +242,7 @@ async fn accept_loop<S, F>(
     l: Listener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    grace: impl Future<Output = Duration>,
     make: F,
 ) where
     F: Fn(IpAddr, io::Pipeline) -> S,
@@ -323,7 +323,7 @@ async fn accept_loop<S, F>(
     }
     drop(l);
     let open = graceful.count();
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace.await, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             listener = what,
             open,
@@ -339,6 +339,9 @@ pub struct TlsListener {
 }
 
 /// Serves both listeners until `shutdown` resolves, then runs the drain and close phases.
+/// Returns the end of the grace period, which started when the public listener closed: the
+/// click flush that follows has what is left of it, so the process exits within
+/// `drain_delay + grace` of the signal (plus the time to spill what is left to disk).
 #[allow(clippy::too_many_arguments)] // each is a distinct part of the server's set-up
 pub async fn run(
     app: Arc<App>,
@@ -349,7 +352,7 @@ pub async fn run(
     drain_delay: Duration,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::time::Instant {
     let (stop_public, public_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
     let builder = Arc::new(http_builder(&http, false));
@@ -368,7 +371,7 @@ pub async fn run(
             Listener::new(t.tcp, Some(t.tls), "tls", &http, true),
             builder.clone(),
             public_rx.clone(),
-            grace,
+            ready(grace),
             public_service.clone(),
         ))
     });
@@ -376,22 +379,25 @@ pub async fn run(
         Listener::new(public, None, "public", &http, true),
         builder.clone(),
         public_rx,
-        grace,
+        ready(grace),
         public_service,
     ));
+    // The admin listener closes last, within a second and within the grace period; the grace
+    // is known only once the drain delay is over.
+    let (admin_grace_tx, admin_grace) = tokio::sync::oneshot::channel::<Duration>();
     let admin_task = {
         let app = app.clone();
         let limits = http.clone();
         // Uploads to the admin listener can be long: hyper times only its request heads.
         let listener = Listener::new(admin, None, "admin", &http, false);
         let builder = Arc::new(http_builder(&http, listener.timeouts.head.is_none()));
-        tokio::spawn(accept_loop(
-            listener,
-            builder,
-            admin_rx,
-            Duration::from_secs(1),
-            move |_, _| admin::Admin::new(app.clone(), limits.clone()),
-        ))
+        tokio::spawn(async move {
+            let grace = async move { admin_grace.await.unwrap_or(Duration::ZERO) };
+            accept_loop(listener, builder, admin_rx, grace, move |_, _| {
+                admin::Admin::new(app.clone(), limits.clone())
+            })
+            .await
+        })
     };
     shutdown.await;
     app.draining.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -399,11 +405,15 @@ pub async fn run(
     tracing::info!(delay_ms = drain_delay.as_millis() as u64, "draining: readiness is 503");
     tokio::time::sleep(drain_delay).await;
     tracing::info!("closing the public listener");
+    let deadline = std::time::Instant::now() + grace;
     let _ = stop_public.send(true);
     let _ = public_task.await;
     if let Some(t) = tls_task {
         let _ = t.await;
     }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let _ = admin_grace_tx.send(left.min(Duration::from_secs(1)));
     let _ = stop_admin.send(true);
     let _ = admin_task.await;
+    deadline
 }

@@ -332,6 +332,57 @@ fn sigterm_under_load_loses_nothing() {
     assert!(!s.stderr().contains("panicked"));
 }
 
+/// SIGTERM ends within the drain delay plus the grace period, even with a request still in
+/// flight at its end and the sink down: the click flush gets only what is left of the grace,
+/// and what it cannot deliver goes to the spill, which the next start delivers.
+#[test]
+fn sigterm_ends_within_delay_plus_grace_and_the_spill_keeps_the_rest() {
+    use std::io::Write;
+    let c = Collector::start();
+    c.set(Mode::Refuse);
+    // `env` sets the grace to 3 s.
+    let e = env(&c, &[("CARTLINK_DRAIN_DELAY_MS", "300")]);
+    let mut s = start("sigterm-budget", &e);
+    let sent = clicks(&s, 50);
+    // An upload that never finishes keeps its request in flight through the whole grace.
+    let mut upload = std::net::TcpStream::connect(s.public).unwrap();
+    upload
+        .write_all(b"POST /webhooks/shopify/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"id\":")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let signalled = std::time::Instant::now();
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(15)), 0, "{}", s.stderr());
+    let took = signalled.elapsed();
+    // Before, the flush had a grace of its own after the connections' (6.3 s here).
+    assert!(
+        took >= Duration::from_millis(3200) && took < Duration::from_millis(4300),
+        "exit {took:?} after SIGTERM; drain delay 0.3 s + grace 3 s"
+    );
+    assert!(s.stderr().contains("grace period over"), "{}", s.stderr());
+    assert!(
+        s.stderr().contains("stopped with clicks in the spill"),
+        "{}",
+        s.stderr()
+    );
+    drop(upload);
+
+    let dir = scratch("sigterm-budget-2");
+    copy_tree(&s.dir.join("data"), &dir.join("data"));
+    std::fs::write(dir.join("links.jsonl"), PIPELINE_LINKS).unwrap();
+    drop(s);
+    c.set(Mode::Up);
+    let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s2 = Server::start_in(dir, &pairs);
+    s2.wait_at_rest(REST);
+    let o = oracle(&sent, &c.ids());
+    assert!(
+        o.missing.is_empty(),
+        "{} of 50 missing after the restart",
+        o.missing.len()
+    );
+}
+
 #[test]
 fn spill_cap_drops_exactly_the_clicks_it_counts() {
     let c = Collector::start();
