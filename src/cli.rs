@@ -161,6 +161,18 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
             let app = app.clone();
             async move {
                 loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let app = app.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || app.inventory.save()).await {
+                        tracing::error!(error = %e, "stock levels not saved; retrying in a second");
+                    }
+                }
+            }
+        });
+        tokio::spawn({
+            let app = app.clone();
+            async move {
+                loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     app.metrics.upkeep();
                     app.unique.rotate_to(crate::state::today());
@@ -184,6 +196,9 @@ pub fn serve(config: &Path, explicit: bool) -> anyhow::Result<()> {
     if let Some(p) = &app.payouts {
         // Whatever is not delivered yet stays in the outbox for the next start.
         p.shutdown();
+    }
+    if let Err(e) = app.inventory.save() {
+        tracing::error!(error = %e, "stock levels not saved at shutdown");
     }
     // Within what is left of the grace period; past it, what is left goes to the spill.
     tracing::info!("flushing queued clicks");

@@ -135,7 +135,13 @@ impl App {
     ) -> Result<App, String> {
         // Signing keys come from the environment at start-up and stay for the process's life.
         let keys = settings.secrets.keys.clone();
-        let inventory = Inventory::default();
+        let stock_file = settings.data_dir.join("commerce").join("inventory.json");
+        let inventory = Inventory::open(stock_file.clone()).map_err(|e| {
+            format!(
+                "stock levels {}: {e} (delete the file to start with stock unknown)",
+                stock_file.display()
+            )
+        })?;
         table.bind_stock(&inventory);
         let snapshot = Snapshot {
             generation: 1,

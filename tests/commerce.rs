@@ -116,6 +116,59 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     );
 }
 
+/// Stock levels outlive a restart (saved at shutdown) and a crash (saved once a second): a
+/// sold-out item must not count as in stock after a deploy.
+#[test]
+fn stock_levels_survive_a_restart_and_a_crash() {
+    let mut s = Server::start("commerce-restart", LINKS, &[]);
+    let level = |loc_id: u64, n: i64, at: &str| {
+        format!(
+            r#"{{"inventory_item_id":271878346596884015,"location_id":{loc_id},"available":{n},"updated_at":"{at}"}}"#
+        )
+    };
+    inventory(
+        &s,
+        &format!(
+            r#"[{},{},{{"variant":40000000002,"available":0}}]"#,
+            level(1, 1, "2026-11-27T10:00:00Z"),
+            level(2, 1, "2026-11-27T10:00:00Z")
+        ),
+    );
+    let sold_out = (
+        "https://brand.example/waitlist?cl_click={ID}".to_string(),
+        serde_json::json!([9007199254740993u64, 40000000002u64]),
+    );
+    assert_eq!(loc(&s, "drop"), sold_out);
+    let restart = |s: Server, sig: &str, name: &str| {
+        let mut s = s;
+        s.signal(sig);
+        s.wait_exit(std::time::Duration::from_secs(20));
+        let dir = scratch(name);
+        copy_tree(&s.dir.join("data"), &dir.join("data"));
+        std::fs::write(dir.join("links.jsonl"), LINKS).unwrap();
+        drop(s);
+        Server::start_in(dir, &[])
+    };
+    s = restart(s, "TERM", "commerce-restart-2");
+    assert_eq!(loc(&s, "drop"), sold_out, "after a restart");
+    // The levels came back, not only the totals: an older level is still stale.
+    let v = inventory(&s, &level(1, 40, "2026-11-27T09:59:00Z"));
+    assert_eq!((v["applied"].as_u64(), v["stale"].as_u64()), (Some(0), Some(1)));
+    // Set after the restart, then a crash a second and a half later.
+    inventory(&s, &level(1, 40, "2026-11-27T10:01:00Z"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let s = restart(s, "KILL", "commerce-restart-3");
+    let r = s.admin("GET", "/admin/inventory/9007199254740993", b"");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["available"],
+        41
+    );
+    assert_eq!(
+        loc(&s, "drop").0,
+        "https://brand.example/cart/9007199254740993:1?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=drop&attributes%5Bcl_click%5D={ID}"
+    );
+}
+
 /// A follower routed by country, device or A/B variant gets a cart checked for stock too: the
 /// link's `stock` section applies to each of its carts.
 #[test]

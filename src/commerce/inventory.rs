@@ -9,13 +9,23 @@
 //! second as an earlier level is never lost (a restock in that second waits for the next
 //! update). Ids are u64 throughout (Shopify's exceed 2^53).
 //!
+//! Levels outlive restarts: the state is saved to `<data_dir>/commerce/inventory.json` (written
+//! aside and renamed over, so it is whole or absent) once a second when it changed, and at
+//! shutdown, and read back at start. Without it every sold-out item would count as in stock
+//! after a deploy, until Shopify sent another update for it, which for an item nobody can buy
+//! may never come. A crash loses at most the last second of updates.
+//!
 //! The redirect path never touches a map: every link that watches a variant holds that
 //! variant's [`Slot`] (one atomic), bound when the links table is installed. Updates take the
 //! maps' shard locks and then store into the slot, so a change is visible to the very next
 //! redirect.
 
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// Availability not reported yet: treated as in stock.
@@ -33,7 +43,7 @@ impl Slot {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Level {
     location: u64,
     available: i64,
@@ -56,9 +66,63 @@ pub struct Inventory {
     levels: DashMap<u64, Vec<Level>>,
     /// inventory item → variant (Shopify: one to one), from the links file.
     item_variant: DashMap<u64, u64>,
+    /// Where the state is saved; none: kept in memory only.
+    file: Option<PathBuf>,
+    /// Changed since the last save.
+    dirty: AtomicBool,
+}
+
+/// The saved state: every known total, and the levels they are made of.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    variants: BTreeMap<u64, i64>,
+    levels: BTreeMap<u64, Vec<Level>>,
 }
 
 impl Inventory {
+    /// The state saved in `file`, if there is one, kept there from now on.
+    pub fn open(file: PathBuf) -> io::Result<Inventory> {
+        let inv = Inventory {
+            file: Some(file.clone()),
+            ..Inventory::default()
+        };
+        let text = match std::fs::read(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(inv),
+            Err(e) => return Err(e),
+        };
+        let saved: Saved = serde_json::from_slice(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", file.display())))?;
+        for (variant, n) in saved.variants {
+            inv.slot(variant).0.store(n, Ordering::Relaxed);
+        }
+        for (item, levels) in saved.levels {
+            inv.levels.insert(item, levels);
+        }
+        Ok(inv)
+    }
+
+    /// Writes the state to its file if it changed since the last save: whole, or not at all.
+    pub fn save(&self) -> io::Result<()> {
+        let Some(file) = &self.file else { return Ok(()) };
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let saved = Saved {
+            variants: self
+                .slots
+                .iter()
+                .filter_map(|e| e.value().available().map(|n| (*e.key(), n)))
+                .collect(),
+            levels: self.levels.iter().map(|e| (*e.key(), e.value().clone())).collect(),
+        };
+        let written = write_whole(file, &serde_json::to_vec(&saved).map_err(io::Error::other)?);
+        if written.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+
     /// The slot of a variant, created (unknown) on first use.
     pub fn slot(&self, variant: u64) -> Arc<Slot> {
         self.slots
@@ -80,6 +144,7 @@ impl Inventory {
     /// Sets a variant's total directly (admin API, by variant).
     pub fn set_variant(&self, variant: u64, available: i64) {
         self.slot(variant).0.store(available, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// Applies one (item, location) level if it is newer than the one held, or as new and lower.
@@ -105,6 +170,7 @@ impl Inventory {
         if let Some(v) = variant {
             self.slot(v).0.store(total, Ordering::Relaxed);
         }
+        self.dirty.store(true, Ordering::Relaxed);
         Applied::Updated { variant, total }
     }
 
@@ -166,9 +232,44 @@ impl Inventory {
     }
 }
 
+/// Writes `bytes` to `path` through a file beside it, synced and renamed over: a crash leaves
+/// the old file or the new one.
+fn write_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.new");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    super::journal::sync_dir(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_state_reads_back_whole_and_a_damaged_file_is_named() {
+        let dir = crate::scratch_dir("inventory", "save");
+        let file = dir.join("inventory.json");
+        let inv = Inventory::open(file.clone()).unwrap();
+        inv.save().unwrap();
+        assert!(!file.exists(), "nothing changed: nothing written");
+        inv.set_variant(9_007_199_254_740_993, 3);
+        inv.apply_level(271_878_346_596_884_015, 1, 5, 1000);
+        inv.save().unwrap();
+        let back = Inventory::open(file.clone()).unwrap();
+        assert_eq!(back.available(9_007_199_254_740_993), Some(3));
+        assert_eq!(back.apply_level(271_878_346_596_884_015, 1, 9, 999), Applied::Stale);
+        back.map_item(271_878_346_596_884_015, 40);
+        assert_eq!(back.available(40), Some(5));
+        std::fs::write(&file, b"{\"variants\":").unwrap();
+        let e = Inventory::open(file.clone()).err().unwrap().to_string();
+        assert!(e.contains("inventory.json"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn a_disconnect_empties_its_location_until_a_later_update() {
