@@ -7,10 +7,19 @@ own shape. This runs the harness as it is (same arguments, same output) with a w
 hook added to its script, and adds to every run in its --json a "pct" map (percentile ->
 microseconds: 10, 25, 50, 75, 90, 95, 99, 99.9) and "mean_us". `rounds.py` reads them.
 
-    python3 loadtest/side_by_side/tails.py HARNESS [side-by-side arguments ...]
+With `--fixed-rate R` (its own option, taken out before the harness sees the rest), each run is
+oha at a fixed R requests/s instead of wrk's closed loop, with latency correction (open loop: a
+stall delays the requests due after it, and they count it), on the same core with the same
+connections, paths, headers and duration; the same fields come out, so the harness's table and
+`rounds.py` read it as they read wrk's. At saturation, wrk's p99 is mostly queueing behind 63
+other requests; at a fixed rate below it, p99 is what one request meets on its way.
+
+    python3 loadtest/side_by_side/tails.py HARNESS [--fixed-rate R] [side-by-side arguments ...]
 """
 import importlib.machinery
 import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
@@ -34,8 +43,69 @@ def load(path):
     return mod
 
 
+PCTS = ["10", "25", "50", "75", "90", "95", "99", "99.9"]
+
+
+def oha_run_one(mod, rate, paths_file, headers):
+    """The harness's run_one with oha at a fixed rate in place of wrk."""
+    urls = {}
+
+    def run_one(port, _script, duration, conns, core):
+        if port not in urls:
+            urls[port] = f"{paths_file}.{port}.urls"
+            with open(paths_file) as src, open(urls[port], "w") as dst:
+                dst.writelines(f"http://127.0.0.1:{port}{p}" for p in src if p.strip())
+        pids = mod.listening_pids(port)
+        before = mod.cpu_ticks(pids)
+        cmd = ["taskset", "-c", str(core), "oha", "--no-tui", "--output-format", "json",
+               "-z", f"{duration}s", "-q", str(rate), "--latency-correction", "-c", str(conns),
+               "--redirect", "0", "--urls-from-file", urls[port]]
+        for k, v in headers:
+            cmd += ["-H", f"{k}: {v}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        after = mod.cpu_ticks(pids)
+        d = json.loads(done.stdout)
+        codes = {int(k): v for k, v in d.get("statusCodeDistribution", {}).items()}
+        reqs = sum(codes.values())
+        # Requests still in flight when the time is up are cut off by oha, not failed.
+        errors = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
+        lp = d["latencyPercentiles"]
+        return {
+            "rps": d["summary"]["requestsPerSec"],
+            "p50_ms": lp["p50"] * 1e3, "p99_ms": lp["p99"] * 1e3,
+            "cpu_us_per_req": (after - before) * 1e6 / mod.HZ / reqs if reqs else float("inf"),
+            "rss_mib": mod.rss_kib(pids) / 1024, "requests": reqs,
+            "socket_errors": ", ".join(f"{k}: {v}" for k, v in errors.items()),
+            "non_2xx_3xx": sum(v for c, v in codes.items() if not 200 <= c < 400),
+            "pct": {p: int(lp[f"p{p}"] * 1e6) for p in PCTS},
+            "mean_us": d["summary"]["average"] * 1e6,
+        }
+
+    return run_one
+
+
+def fixed_rate_args(args):
+    """(rate or None, paths file, headers, the other arguments)."""
+    rate, rest, i = None, [], 0
+    while i < len(args):
+        if args[i] == "--fixed-rate":
+            rate = int(args[i + 1])
+            i += 2
+        else:
+            rest.append(args[i])
+            i += 1
+    paths = next(rest[j + 1] for j, a in enumerate(rest) if a == "--paths")
+    headers = [tuple(x.strip() for x in rest[j + 1].split(":", 1)) for j, a in enumerate(rest) if a == "--header"]
+    return rate, os.path.abspath(paths), headers, rest
+
+
 def main(harness, args):
     mod = load(harness)
+    rate, paths_file, headers, args = fixed_rate_args(args)
+    if rate:
+        mod.run_one = oha_run_one(mod, rate, paths_file, headers)
+        sys.argv = [harness] + args
+        return mod.main()
     last = {}
 
     def run(cmd, **kw):
