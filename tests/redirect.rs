@@ -270,7 +270,21 @@ fn cookie_policies_and_tampering() {
         "first_click: the cart keeps the first click"
     );
     assert!(b.header("set-cookie").is_none());
-    let records = first.wait_clicks(2);
+    // Another Shopify cart: it names its own link and, for the order, the first click's.
+    let c = first.get(&path_for("kit-fr"), &[("User-Agent", IPHONE), ("Cookie", &cookie)]);
+    assert_eq!(
+        c.location(),
+        format!(
+            "https://brand.example/fr/cart/1:1?ref=jane&attributes%5Bcl_link%5D=kit-fr&storefront=true&attributes%5Bcl_click%5D={}&attributes%5Bcl_first_link%5D=kit",
+            a.click_id()
+        )
+    );
+    // The first link itself again: nothing to add.
+    let again = first.get(&path_for("kit"), &[("User-Agent", IPHONE), ("Cookie", &cookie)]);
+    assert!(again
+        .location()
+        .ends_with(&format!("attributes%5Bcl_click%5D={}", a.click_id())));
+    let records = first.wait_clicks(4);
     let second = records.iter().find(|r| r["link_id"] == "woo").unwrap();
     assert_eq!(second["attributed_to"], a.click_id().as_str());
     assert_ne!(second["click_id"], a.click_id().as_str());
@@ -278,7 +292,7 @@ fn cookie_policies_and_tampering() {
     let p = first.get(&path_for("paused"), &[("User-Agent", IPHONE), ("Cookie", &cookie)]);
     assert!(p.header("set-cookie").is_none());
     assert_ne!(p.click_id(), a.click_id());
-    let records = first.wait_clicks(3);
+    let records = first.wait_clicks(5);
     let paused = records.iter().find(|r| r["link_id"] == "paused").unwrap();
     assert_eq!(paused["served"], "fallback");
     assert!(paused["attributed_to"].is_null());

@@ -318,23 +318,31 @@ fn attribute(order: &Order, table: &LinkTable) -> Attribution {
                 _ => None,
             })
     };
+    let by_code = || {
+        order
+            .discount_codes
+            .iter()
+            .find_map(|c| table.by_discount(&c.code))
+            .cloned()
+    };
     let click = attr("cl_click").filter(|c| uuid::Uuid::parse_str(c).is_ok());
     if let Some(click_id) = click {
-        let link = attr("cl_link").and_then(|id| table.get(id.as_bytes()).cloned());
+        // Under `first_click` the cart names the first click's link too; a link no longer in
+        // the table (renamed, removed) leaves the discount code to say whose sale it was.
+        let named = |name: &str| attr(name).and_then(|id| table.get(id.as_bytes()).cloned());
+        let link = named("cl_first_link").or_else(|| named("cl_link")).or_else(by_code);
         return Attribution {
             how: "click",
             click_id: Some(click_id),
             link,
         };
     }
-    for code in &order.discount_codes {
-        if let Some(link) = table.by_discount(&code.code) {
-            return Attribution {
-                how: "discount",
-                click_id: None,
-                link: Some(link.clone()),
-            };
-        }
+    if let Some(link) = by_code() {
+        return Attribution {
+            how: "discount",
+            click_id: None,
+            link: Some(link),
+        };
     }
     Attribution {
         how: "none",
@@ -515,6 +523,35 @@ mod tests {
         assert!(run("refunds/create", flat_refund).is_empty());
         assert_eq!(run("orders/cancelled", &by_code)[0]["amount_minor"], -500);
         assert!(run("orders/cancelled", &paid(4, r#""discount_codes":[{"code":"SAM10"}],"#)).is_empty());
+    }
+
+    #[test]
+    fn the_first_clicks_link_wins_and_an_unknown_link_falls_back_to_the_code() {
+        let table = crate::links::parse(LINKS, "t", &crate::links::signature::demo()).unwrap();
+        let w = Webhooks::new(&["s".into()], Ledger::in_memory());
+        let creator = |id: u64, attrs: &str| {
+            let body = format!(
+                r#"{{"id":{id},"currency":"USD","current_subtotal_price":"10.00","note_attributes":[{{"name":"cl_click","value":"0192f3a1-7c2e-7b3d-9f00-5a1b2c3d4e5f"}},{attrs}],"discount_codes":[{{"code":"SAM10"}}]}}"#
+            );
+            let r = w
+                .order_records("orders/paid", body.as_bytes(), &table, "t", 0)
+                .unwrap()
+                .records;
+            (r[0]["attribution"].clone(), r[0]["creator"].clone())
+        };
+        // A first_click cart: sam's link, jane's first click.
+        assert_eq!(
+            creator(
+                1,
+                r#"{"name":"cl_link","value":"sam"},{"name":"cl_first_link","value":"jane-kit"}"#
+            ),
+            ("click".into(), "jane".into())
+        );
+        // The link was renamed since: the discount code says whose sale it was.
+        assert_eq!(
+            creator(2, r#"{"name":"cl_link","value":"gone"}"#),
+            ("click".into(), "sam".into())
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::config::CookiePolicy;
 use crate::links::destination::Extras;
 use crate::links::signature::KeyRing;
 use crate::links::stock::{StockOutcome, StockRule};
-use crate::links::{Destination, Link, Route, CLICK_ID_LEN, FORWARDABLE};
+use crate::links::{Destination, Link, Route, TargetType, CLICK_ID_LEN, FORWARDABLE};
 use crate::state::{App, Snapshot, View};
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
@@ -172,15 +172,15 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
         _ => link.redirect,
     };
 
-    let mut attributed_to = None;
+    // Under `first_click`, the earlier click this visit stays attributed to.
+    let mut first = None;
     let mut set_cookie = None;
     if !bot && !inactive {
         let c = &view.cookie;
         if c.policy == CookiePolicy::FirstClick {
-            attributed_to =
-                cookie::read(&snap.keys, &c.name, headers, now_ms / 1000, c.window.as_secs()).map(|a| a.click_id);
+            first = cookie::read(&snap.keys, &c.name, headers, now_ms / 1000, c.window.as_secs());
         }
-        if attributed_to.is_none() {
+        if first.is_none() {
             // Exact, so the string becomes the header's bytes without another allocation.
             let mut v = String::with_capacity(cookie::len(&c.name, &link.id, &link.creator) + c.attributes.len());
             cookie::write(
@@ -208,11 +208,30 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
     } else {
         // Exact without a query, so the string becomes the header's bytes without another
         // allocation.
-        let extra = if uri.query().is_some() { 64 } else { 0 };
+        let extra = if uri.query().is_some() || first.is_some() {
+            128
+        } else {
+            0
+        };
         let mut loc = String::with_capacity(dest.head().len() + CLICK_ID_LEN + dest.tail().len() + extra);
         loc.push_str(dest.head());
         let mut idbuf = uuid::Uuid::encode_buffer();
-        loc.push_str(attributed_to.unwrap_or(click_id).hyphenated().encode_lower(&mut idbuf));
+        loc.push_str(
+            first
+                .as_ref()
+                .map_or(click_id, |a| a.click_id)
+                .hyphenated()
+                .encode_lower(&mut idbuf),
+        );
+        if let Some(a) = &first {
+            // The cart's own `cl_link` names this link; the order is the first click's, so
+            // the webhook credits the link named here (its id is signed in the cookie).
+            let cart = dest.target_type == TargetType::ShopifyCart && dest.extras == Extras::Query;
+            if cart && a.link_id != *link.id && crate::links::valid_id(&a.link_id) {
+                loc.push_str("&attributes%5Bcl_first_link%5D=");
+                loc.push_str(&a.link_id);
+            }
+        }
         if let Some(q) = uri.query() {
             sub = read_query(q, dest, Some(&mut loc));
         }
@@ -248,7 +267,7 @@ fn route(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: IpAdd
             oos: &oos,
             target_type: dest.target_type,
             status,
-            attributed_to,
+            attributed_to: first.map(|a| a.click_id),
         });
     }
     resp
