@@ -208,6 +208,8 @@ pub struct PipelineConfig {
     pub retry_max_ms: u64,
     /// HTTP sink: longest wait for one batch's response (then it is retried).
     pub http_timeout_ms: u64,
+    /// HTTP sink: batches sent at once while catching up on the spill (a slow collector).
+    pub http_concurrency: usize,
     /// HTTP sink: gzip the body (`Content-Encoding: gzip`).
     pub http_gzip: bool,
     /// HTTP sink: extra non-secret headers, `Name: value`. Credentials go in
@@ -319,6 +321,7 @@ impl Default for PipelineConfig {
             retry_base_ms: 50,
             retry_max_ms: 5_000,
             http_timeout_ms: 10_000,
+            http_concurrency: 4,
             http_gzip: false,
             http_headers: Vec::new(),
             http_ca_file: String::new(),
@@ -552,9 +555,14 @@ impl Config {
         if p.queue_capacity == 0 || p.batch_max_records == 0 || p.batch_max_bytes == 0 || p.batch_max_age_ms == 0 {
             errs.push("pipeline sizes and ages must be above 0".into());
         }
-        if p.inflight_batches == 0 || p.spill_segment_bytes == 0 || p.retry_base_ms == 0 || p.http_timeout_ms == 0 {
+        if p.inflight_batches == 0
+            || p.spill_segment_bytes == 0
+            || p.retry_base_ms == 0
+            || p.http_timeout_ms == 0
+            || p.http_concurrency == 0
+        {
             errs.push(
-                "pipeline.inflight_batches, spill_segment_bytes, retry_base_ms and http_timeout_ms must be above 0"
+                "pipeline.inflight_batches, spill_segment_bytes, retry_base_ms, http_timeout_ms and http_concurrency must be above 0"
                     .into(),
             );
         }

@@ -153,6 +153,32 @@ fn slow_sink_does_not_hold_up_redirects() {
     assert_eq!((flow.accepted, flow.dropped), (r.ids.len() as f64, 0.0));
 }
 
+/// A collector that stays slow (1 s per request) is caught up with several requests at once
+/// from the spill, not one at a time: everything arrives while it is still slow.
+#[test]
+fn a_slow_collector_gets_the_backlog_several_batches_at_once() {
+    let c = Collector::start();
+    c.set(Mode::Delay(1000));
+    let s = start(
+        "slow-catch-up",
+        &env(&c, &[("CARTLINK_PIPELINE_BATCH_MAX_RECORDS", "50")]),
+    );
+    let sent = clicks(&s, 1000);
+    let flow = s.wait_at_rest(REST);
+    let o = oracle(&sent, &c.ids());
+    assert!(o.missing.is_empty(), "{} of 1000 missing", o.missing.len());
+    assert_eq!((flow.accepted, flow.delivered, flow.dropped), (1000.0, 1000.0, 0.0));
+    assert!(
+        s.metric("cartlink_clicks_spilled_total") > 0.0,
+        "the backlog went through the spill"
+    );
+    assert!(
+        (2..=4).contains(&c.max_in_flight()),
+        "requests at once: {} (http_concurrency 4)",
+        c.max_in_flight()
+    );
+}
+
 #[test]
 fn server_errors_and_resets_mid_batch_are_retried_and_duplicates_share_click_ids() {
     let c = Collector::start();

@@ -418,6 +418,9 @@ struct CollectorState {
     next: VecDeque<Mode>,
     ids: Vec<String>,
     requests: u64,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: u64,
+    max_in_flight: u64,
     headers: Option<http::HeaderMap>,
     accept: Option<tokio::task::JoinHandle<()>>,
 }
@@ -555,6 +558,11 @@ impl Collector {
         self.state.lock().unwrap().requests
     }
 
+    /// The most requests it was answering at one time.
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     /// Headers of the last request.
     pub fn last_headers(&self) -> Option<http::HeaderMap> {
         self.state.lock().unwrap().headers.clone()
@@ -574,9 +582,18 @@ async fn collector_handle(
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::io::Error> {
     use http_body_util::BodyExt;
+    struct InFlight(Arc<Mutex<CollectorState>>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().in_flight -= 1;
+        }
+    }
+    let _in_flight = InFlight(state.clone());
     let mode = {
         let mut st = state.lock().unwrap();
         st.requests += 1;
+        st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
         st.headers = Some(req.headers().clone());
         st.next.pop_front().or(st.mode).unwrap_or(Mode::Up)
     };
