@@ -10,7 +10,9 @@ cd "$(dirname "$0")"
 per=${SECONDS_PER_TARGET:-20}
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked --version 0.13.2
+  # stdin from /dev/null: cargo's probe runs `rustc -`, which reads whatever stdin the caller
+  # left open (seen: a background CI run fed it the shell's earlier output, and it failed).
+  cargo install cargo-fuzz --locked --version 0.13.2 </dev/null
 fi
 cargo fuzz build -O
 for t in token cookie links_line redirect; do
