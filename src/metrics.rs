@@ -134,6 +134,8 @@ pub struct SpillErrors {
 pub struct WebhookOutcomes {
     pub applied: Counter,
     pub duplicate: Counter,
+    /// A repeat that arrived while the first attempt was still being applied (answered 503).
+    pub under_way: Counter,
     pub unauthorized: Counter,
     pub bad_payload: Counter,
 }
@@ -333,6 +335,7 @@ impl Metrics {
                 webhooks: WebhookOutcomes {
                     applied: counter!(WEBHOOKS, "outcome" => "applied"),
                     duplicate: counter!(WEBHOOKS, "outcome" => "duplicate"),
+                    under_way: counter!(WEBHOOKS, "outcome" => "under_way"),
                     unauthorized: counter!(WEBHOOKS, "outcome" => "unauthorized"),
                     bad_payload: counter!(WEBHOOKS, "outcome" => "bad_payload"),
                 },

@@ -7,7 +7,7 @@
 
 use super::inventory::Update;
 use super::ledger::Change;
-use super::webhooks::{OrderRecords, WebhookError};
+use super::webhooks::{OrderRecords, Seen, WebhookError};
 use crate::redirect::Body;
 use crate::state::App;
 use bytes::Bytes;
@@ -50,9 +50,20 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    if !hooks.first_delivery(delivery, now_ms) {
-        m.duplicate.increment(1);
-        return answer(StatusCode::OK, "duplicate\n");
+    match hooks.first_delivery(delivery, now_ms) {
+        Seen::First => {}
+        Seen::Applied => {
+            m.duplicate.increment(1);
+            return answer(StatusCode::OK, "duplicate\n");
+        }
+        // The first attempt may still fail: Shopify must try again, not count it delivered.
+        Seen::UnderWay => {
+            m.under_way.increment(1);
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a delivery with this id is being applied; retry\n",
+            );
+        }
     }
     // Orders deliveries one at a time, from reading the commission ledger to writing it.
     let _orders = if inventory {
@@ -98,6 +109,7 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             for e in &encoded {
                 app.recorder.emit(e);
             }
+            hooks.applied(delivery);
             m.applied.increment(1);
             answer(StatusCode::OK, "ok\n")
         }

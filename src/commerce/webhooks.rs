@@ -6,6 +6,9 @@
 //!   constant time. A bad or missing MAC is 401.
 //! - De-duplicated by `X-Shopify-Webhook-Id` (kept 72 h, longer than Shopify's retry horizon):
 //!   a repeated delivery is answered 200 and not applied again, however many arrive at once.
+//!   One that arrives while the first is still being applied is answered 503, not 200: that
+//!   first attempt may yet fail (and be forgotten), and a 200 would have told Shopify the
+//!   event was delivered when it never was.
 //! - Orders: `orders/paid` becomes a `conversion` record and, when the link pays commission, a
 //!   `commission` record; `orders/cancelled` a negative commission (clawback); `refunds/create`
 //!   a negative commission on the refunded subtotal. Each once per order (and refund).
@@ -32,7 +35,8 @@ const MAX_REMEMBERED: usize = 1_000_000;
 
 pub struct Webhooks {
     secrets: Vec<hmac::Key>,
-    deliveries: DashMap<Box<str>, u64>,
+    /// Delivery id → when it arrived, and whether it has been applied (else it is under way).
+    deliveries: DashMap<Box<str>, (u64, bool)>,
     /// (order id, what was emitted: "paid" | "cancelled" | "refund:<id>") → when.
     emitted: DashMap<(u64, Box<str>), u64>,
     /// Paid commissions and their clawbacks, per order (on disk: they outlive restarts).
@@ -48,6 +52,15 @@ pub struct Webhooks {
 pub struct OrderRecords {
     pub records: Vec<Value>,
     pub changes: Vec<Change>,
+}
+
+/// What [`Webhooks::first_delivery`] knows of a delivery id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    First,
+    Applied,
+    /// Its first attempt is still being applied.
+    UnderWay,
 }
 
 #[derive(Debug, Clone)]
@@ -163,23 +176,29 @@ impl Webhooks {
         }
     }
 
-    /// True for the first delivery of this id within the window; later ones are replays.
-    pub fn first_delivery(&self, webhook_id: &str, now_ms: u64) -> bool {
+    /// Whether this delivery id is new within the window (the caller applies it, then calls
+    /// [`Webhooks::applied`] or [`Webhooks::forget_delivery`]), was applied, or is under way.
+    pub fn first_delivery(&self, webhook_id: &str, now_ms: u64) -> Seen {
         self.sweep(now_ms);
-        let mut fresh = false;
+        let mut seen = Seen::First;
         self.deliveries
             .entry(webhook_id.into())
-            .and_modify(|seen| {
-                if now_ms.saturating_sub(*seen) > DEDUP_TTL_MS {
-                    *seen = now_ms;
-                    fresh = true;
+            .and_modify(|(at, done)| {
+                if now_ms.saturating_sub(*at) > DEDUP_TTL_MS {
+                    (*at, *done) = (now_ms, false);
+                } else {
+                    seen = if *done { Seen::Applied } else { Seen::UnderWay };
                 }
             })
-            .or_insert_with(|| {
-                fresh = true;
-                now_ms
-            });
-        fresh
+            .or_insert((now_ms, false));
+        seen
+    }
+
+    /// The delivery was applied: its repeats are answered 200 from now on.
+    pub fn applied(&self, webhook_id: &str) {
+        if let Some(mut d) = self.deliveries.get_mut(webhook_id) {
+            d.1 = true;
+        }
     }
 
     /// Forgets a delivery that could not be applied, so Shopify's retry is not a "replay".
@@ -212,7 +231,8 @@ impl Webhooks {
 
     fn sweep(&self, now_ms: u64) {
         if self.deliveries.len() > MAX_REMEMBERED {
-            self.deliveries.retain(|_, t| now_ms.saturating_sub(*t) <= DEDUP_TTL_MS);
+            self.deliveries
+                .retain(|_, (t, _)| now_ms.saturating_sub(*t) <= DEDUP_TTL_MS);
         }
         if self.emitted.len() > MAX_REMEMBERED {
             self.emitted.retain(|_, t| now_ms.saturating_sub(*t) <= DEDUP_TTL_MS);
@@ -559,14 +579,21 @@ mod tests {
         let w = Arc::new(Webhooks::new(&["s".into()], Ledger::in_memory()));
         let firsts: usize = std::thread::scope(|s| {
             let hs: Vec<_> = (0..10)
-                .map(|_| s.spawn(|| w.first_delivery("d-1", 1000) as usize))
+                .map(|_| s.spawn(|| (w.first_delivery("d-1", 1000) == Seen::First) as usize))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(firsts, 1);
-        assert!(
+        assert_eq!(w.first_delivery("d-1", 1000), Seen::UnderWay, "not applied yet");
+        w.applied("d-1");
+        assert_eq!(w.first_delivery("d-1", 1000), Seen::Applied);
+        assert_eq!(
             w.first_delivery("d-1", 1000 + DEDUP_TTL_MS + 1),
+            Seen::First,
             "remembered only for the window"
         );
+        // A first attempt that failed is forgotten: its retry is applied.
+        w.forget_delivery("d-1");
+        assert_eq!(w.first_delivery("d-1", 2000), Seen::First);
     }
 }
