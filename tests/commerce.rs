@@ -116,6 +116,33 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     );
 }
 
+/// A substitute given with its Shopify inventory item is kept current by the store's level
+/// webhooks, like the items themselves: a sold-out substitute is not swapped in.
+#[test]
+fn a_substitutes_shopify_levels_reach_the_swap() {
+    let links = r#"{"id":"swap2","creator":"jane","campaign":"s","target":{"type":"shopify_cart","shop":"brand.example","items":[{"variant":40000000002,"qty":2}]},"stock":{"policy":"swap","substitutes":{"40000000002":{"variant":40000000003,"inventory_item":271878346596884099}}},"fallback":"https://brand.example/soon"}
+"#;
+    let s = Server::start("commerce-substitute", links, &[]);
+    inventory(&s, r#"{"variant":40000000002,"available":0}"#);
+    assert_eq!(
+        loc(&s, "swap2"),
+        (
+            "https://brand.example/cart/40000000003:2?ref=jane&attributes%5Bcl_link%5D=swap2&attributes%5Bcl_click%5D={ID}".into(),
+            serde_json::json!([40000000002u64])
+        )
+    );
+    let v = inventory(
+        &s,
+        r#"{"inventory_item_id":271878346596884099,"location_id":1,"available":0,"updated_at":"2026-11-27T10:00:00Z"}"#,
+    );
+    assert_eq!(v["applied"], 1);
+    assert_eq!(
+        loc(&s, "swap2").0,
+        "https://brand.example/soon?cl_click={ID}",
+        "the substitute sold out too: nothing left to send"
+    );
+}
+
 /// Stock levels outlive a restart (saved at shutdown) and a crash (saved once a second): a
 /// sold-out item must not count as in stock after a deploy.
 #[test]

@@ -62,7 +62,34 @@ pub struct StockConfig {
     pub threshold: i64,
     /// Item id (as a string, JSON keys are strings) → the id to send instead when it is out.
     #[serde(default)]
-    pub substitutes: BTreeMap<String, u64>,
+    pub substitutes: BTreeMap<String, Substitute>,
+}
+
+/// A substitute: its id, or (Shopify) its variant and inventory item, so that the store's
+/// `inventory_levels/update` webhooks reach its stock too.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Substitute {
+    Id(u64),
+    Shopify {
+        variant: u64,
+        #[serde(default)]
+        inventory_item: Option<u64>,
+    },
+}
+
+impl Substitute {
+    pub fn id(self) -> u64 {
+        match self {
+            Substitute::Id(id) | Substitute::Shopify { variant: id, .. } => id,
+        }
+    }
+    pub fn inventory_item(self) -> Option<u64> {
+        match self {
+            Substitute::Id(_) => None,
+            Substitute::Shopify { inventory_item, .. } => inventory_item,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

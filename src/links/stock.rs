@@ -15,6 +15,8 @@ pub struct StockItem {
     pub id: u64,
     pub inventory_item: Option<u64>,
     pub substitute: Option<u64>,
+    /// The substitute's Shopify inventory item, when given.
+    pub substitute_item: Option<u64>,
     slot: OnceLock<Arc<Slot>>,
     sub_slot: OnceLock<Arc<Slot>>,
 }
@@ -153,7 +155,8 @@ impl StockRule {
             .map(|(id, inventory_item)| StockItem {
                 id,
                 inventory_item,
-                substitute: cfg.substitutes.get(&id.to_string()).copied(),
+                substitute: cfg.substitutes.get(&id.to_string()).map(|s| s.id()),
+                substitute_item: cfg.substitutes.get(&id.to_string()).and_then(|s| s.inventory_item()),
                 slot: OnceLock::new(),
                 sub_slot: OnceLock::new(),
             })
@@ -184,6 +187,9 @@ impl StockRule {
             let _ = item.slot.set(inventory.slot(item.id));
             if let Some(s) = item.substitute {
                 let _ = item.sub_slot.set(inventory.slot(s));
+                if let Some(inv_item) = item.substitute_item {
+                    inventory.map_item(inv_item, s);
+                }
             }
             if let Some(inv_item) = item.inventory_item {
                 inventory.map_item(inv_item, item.id);
