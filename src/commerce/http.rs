@@ -50,8 +50,13 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    match hooks.first_delivery(delivery, now_ms) {
-        Seen::First => {}
+    let mut claim = match hooks.first_delivery(delivery, now_ms) {
+        Seen::First => Claim {
+            hooks,
+            delivery,
+            records: Vec::new(),
+            settled: false,
+        },
         Seen::Applied => {
             m.duplicate.increment(1);
             return answer(StatusCode::OK, "duplicate\n");
@@ -64,7 +69,7 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
                 "a delivery with this id is being applied; retry\n",
             );
         }
-    }
+    };
     // Orders deliveries one at a time, from reading the commission ledger to writing it.
     let _orders = if inventory {
         None
@@ -91,6 +96,8 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
     };
     match result {
         Ok(OrderRecords { records, changes }) => {
+            claim.records = records;
+            let records = &claim.records;
             // Encoded once: the stream and the payout system get the same bytes.
             let encoded: Vec<Vec<u8>> = records
                 .iter()
@@ -100,9 +107,8 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             // claws back against what was paid); the stream gets the records only once both
             // are kept. If either write fails, nothing is applied and Shopify's retry makes the
             // records again.
-            if let Err((what, e)) = keep(app, &records, &encoded, changes).await {
-                hooks.forget_records(&records);
-                hooks.forget_delivery(delivery);
+            if let Err((what, e)) = keep(app, records, &encoded, changes).await {
+                // `claim` forgets the delivery and its records as it drops.
                 tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
                 return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
             }
@@ -110,15 +116,35 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
                 app.recorder.emit(e);
             }
             hooks.applied(delivery);
+            claim.settled = true;
             m.applied.increment(1);
             answer(StatusCode::OK, "ok\n")
         }
         Err(e) => {
-            // Not applied, so a corrected retry may be: forget the delivery id.
-            hooks.forget_delivery(delivery);
+            // Not applied, so a corrected retry may be: `claim` forgets the delivery id.
             m.bad_payload.increment(1);
             tracing::warn!(topic, error = %e, "shopify webhook refused");
             answer(StatusCode::BAD_REQUEST, "bad payload\n")
+        }
+    }
+}
+
+/// A delivery being applied. Unless it was applied, dropping it forgets the delivery id and
+/// the records it made, so Shopify's retry applies it: after a refused write, and also when
+/// the request is dropped half-way (Shopify hung up at its 5 s limit, or a deadline closed
+/// the connection), which would otherwise leave the id "under way" for the whole window.
+struct Claim<'a> {
+    hooks: &'a super::webhooks::Webhooks,
+    delivery: &'a str,
+    records: Vec<Value>,
+    settled: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.hooks.forget_records(&self.records);
+            self.hooks.forget_delivery(self.delivery);
         }
     }
 }
@@ -151,4 +177,37 @@ async fn keep(
             .map_err(|e| ("commission ledger", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commerce::ledger::Ledger;
+    use crate::commerce::webhooks::Webhooks;
+
+    #[test]
+    fn a_claim_dropped_before_it_settles_frees_the_delivery_for_the_retry() {
+        let hooks = Webhooks::new(&["s".into()], Ledger::in_memory());
+        assert_eq!(hooks.first_delivery("d-1", 1000), Seen::First);
+        let claim = Claim {
+            hooks: &hooks,
+            delivery: "d-1",
+            records: Vec::new(),
+            settled: false,
+        };
+        assert_eq!(hooks.first_delivery("d-1", 1000), Seen::UnderWay);
+        // The request's future dropped half-way (the client hung up).
+        drop(claim);
+        assert_eq!(hooks.first_delivery("d-1", 1000), Seen::First, "the retry is applied");
+        let mut claim = Claim {
+            hooks: &hooks,
+            delivery: "d-1",
+            records: Vec::new(),
+            settled: false,
+        };
+        hooks.applied("d-1");
+        claim.settled = true;
+        drop(claim);
+        assert_eq!(hooks.first_delivery("d-1", 1000), Seen::Applied);
+    }
 }
