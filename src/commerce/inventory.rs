@@ -4,10 +4,11 @@
 //!
 //! A variant's availability is the sum over its locations. Each (item, location) level is
 //! applied by its `updated_at`, so late or repeated deliveries never roll stock back. Shopify's
-//! `updated_at` has whole seconds, and in a spike one item changes several times a second: of
-//! two levels with the same time the lower wins, whichever arrives first, so a sale in the same
-//! second as an earlier level is never lost (a restock in that second waits for the next
-//! update). Ids are u64 throughout (Shopify's exceed 2^53).
+//! `updated_at` has whole seconds, and in a spike one item changes several times a second: a
+//! level with the same time as the one held, but another quantity, is applied (the later
+//! arrival wins), so neither a sale nor a restock within a second is lost when deliveries
+//! come in order; only two of the same second delivered out of order end on the older one,
+//! until the next update. Ids are u64 throughout (Shopify's exceed 2^53).
 //!
 //! Levels outlive restarts: the state is saved to `<data_dir>/commerce/inventory.json` (written
 //! aside and renamed over, so it is whole or absent) once a second when it changed, and at
@@ -133,11 +134,15 @@ impl Inventory {
 
     pub fn map_item(&self, inventory_item: u64, variant: u64) {
         self.item_variant.insert(inventory_item, variant);
-        // Levels that arrived before the mapping count now.
+        // Levels that arrived before the mapping count now, for a variant with no total yet.
+        // One it has (saved, or set since by variant) stays: the levels may be older.
         if let Some(levels) = self.levels.get(&inventory_item) {
-            self.slot(variant)
-                .0
-                .store(levels.iter().map(|l| l.available).sum(), Ordering::Relaxed);
+            let _ = self.slot(variant).0.compare_exchange(
+                UNKNOWN,
+                levels.iter().map(|l| l.available).sum(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -147,13 +152,14 @@ impl Inventory {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Applies one (item, location) level if it is newer than the one held, or as new and lower.
+    /// Applies one (item, location) level if it is newer than the one held, or as new and
+    /// different.
     pub fn apply_level(&self, item: u64, location: u64, available: i64, updated_ms: u64) -> Applied {
         let total = {
             let mut levels = self.levels.entry(item).or_default();
             match levels.iter_mut().find(|l| l.location == location) {
                 Some(l) if l.updated_ms > updated_ms => return Applied::Stale,
-                Some(l) if l.updated_ms == updated_ms && l.available <= available => return Applied::Stale,
+                Some(l) if l.updated_ms == updated_ms && l.available == available => return Applied::Stale,
                 Some(l) => {
                     l.available = available;
                     l.updated_ms = updated_ms;
@@ -272,6 +278,20 @@ mod tests {
     }
 
     #[test]
+    fn a_total_already_held_is_not_overwritten_by_levels_when_the_item_is_mapped() {
+        let inv = Inventory::default();
+        inv.apply_level(7, 1, 5, 1000);
+        // Sold out, set by variant (or read back from the saved state at start).
+        inv.set_variant(40, 0);
+        // The links table binds the item to the variant (at start, and on every reload).
+        inv.map_item(7, 40);
+        assert_eq!(inv.available(40), Some(0));
+        // A variant with no total yet takes the levels' sum.
+        inv.map_item(7, 41);
+        assert_eq!(inv.available(41), Some(5));
+    }
+
+    #[test]
     fn a_disconnect_empties_its_location_until_a_later_update() {
         let inv = Inventory::default();
         inv.map_item(271_878_346_596_884_015, 40);
@@ -316,11 +336,6 @@ mod tests {
         assert_eq!(inv.apply_level(item, 1, 99, 999), Applied::Stale, "late delivery");
         assert_eq!(inv.apply_level(item, 1, 10, 1000), Applied::Stale, "repeat");
         assert_eq!(
-            inv.apply_level(item, 1, 99, 1000),
-            Applied::Stale,
-            "higher in the same second"
-        );
-        assert_eq!(
             inv.apply_level(item, 1, 3, 1000),
             Applied::Updated {
                 variant: Some(40_000_000_001),
@@ -330,8 +345,11 @@ mod tests {
         );
         assert_eq!(
             inv.apply_level(item, 1, 10, 1000),
-            Applied::Stale,
-            "the earlier level, late"
+            Applied::Updated {
+                variant: Some(40_000_000_001),
+                total: 15
+            },
+            "a restock in the same second"
         );
         assert_eq!(
             inv.apply_level(item, 1, 0, 2000),
