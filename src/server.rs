@@ -310,9 +310,10 @@ async fn accept_loop<S, F>(
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor().accept(stream)).await;
-                    let Ok(Ok(stream)) = handshake else {
+                    let Ok(Ok(mut stream)) = handshake else {
                         return;
                     };
+                    stream.get_mut().0.await_request();
                     // ALPN chose h2 or http/1.1; the auto builder reads the preface either way.
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(conn).await;
@@ -355,6 +356,9 @@ pub async fn run(
 ) -> std::time::Instant {
     let (stop_public, public_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
+    // Connections get the grace less a reserve (a quarter, at most a second) that the click
+    // flush has to itself, so a connection held to the end cannot leave it no time at all.
+    let connections_grace = grace - (grace / 4).min(Duration::from_secs(1));
     let builder = Arc::new(http_builder(&http, false));
     let gate = Arc::new(Gate::new(&http, app.metrics.inflight.clone()));
     let public_service = {
@@ -371,7 +375,7 @@ pub async fn run(
             Listener::new(t.tcp, Some(t.tls), "tls", &http, true),
             builder.clone(),
             public_rx.clone(),
-            ready(grace),
+            ready(connections_grace),
             public_service.clone(),
         ))
     });
@@ -379,7 +383,7 @@ pub async fn run(
         Listener::new(public, None, "public", &http, true),
         builder.clone(),
         public_rx,
-        ready(grace),
+        ready(connections_grace),
         public_service,
     ));
     // The admin listener closes last, within a second and within the grace period; the grace

@@ -30,19 +30,22 @@ fn write_cert(dir: &Path) -> CertificateDer<'static> {
 }
 
 fn tls_server(name: &str) -> (Server, CertificateDer<'static>) {
+    tls_server_with(name, &[])
+}
+
+fn tls_server_with(name: &str, extra: &[(&str, &str)]) -> (Server, CertificateDer<'static>) {
     let dir = scratch(name);
     std::fs::write(dir.join("links.jsonl"), LINKS).unwrap();
     let der = write_cert(&dir);
     let cert = dir.join("cert.pem").display().to_string();
     let key = dir.join("key.pem").display().to_string();
-    let s = Server::start_in(
-        dir,
-        &[
-            ("CARTLINK_TLS_LISTEN", "127.0.0.1:0"),
-            ("CARTLINK_TLS_CERT_FILE", &cert),
-            ("CARTLINK_TLS_KEY_FILE", &key),
-        ],
-    );
+    let mut env = vec![
+        ("CARTLINK_TLS_LISTEN", "127.0.0.1:0"),
+        ("CARTLINK_TLS_CERT_FILE", cert.as_str()),
+        ("CARTLINK_TLS_KEY_FILE", key.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let s = Server::start_in(dir, &env);
     (s, der)
 }
 
@@ -121,6 +124,24 @@ async fn tls_serves_h2_and_http1_by_alpn() {
 
     // The plain listener still serves beside it.
     assert_eq!(s.get(&link, &[("User-Agent", IPHONE)]).status, 302);
+}
+
+/// The server's own handshake writes do not stop the header deadline: a TLS connection that
+/// sends nothing after its handshake is closed at the header timeout, not the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_silent_after_its_handshake_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (s, der) = tls_server_with("edge-tls-silent", &[("CARTLINK_HTTP_HEADER_READ_TIMEOUT_MS", "1000")]);
+    let mut stream = connect(s.tls.unwrap(), &[&der], b"http/1.1").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open after 3 s: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,15 @@ impl<T> Deadlines<T> {
         }
     }
 
+    /// A request is due now, whatever was written before: after a TLS handshake, whose own
+    /// writes would otherwise leave a connection that then sends nothing to the idle deadline.
+    pub fn await_request(&mut self) {
+        self.heard = true;
+        if let Some(head) = &mut self.head {
+            head.progress();
+        }
+    }
+
     /// Bytes written: every deadline starts over, and the head deadline waits for the next
     /// byte read.
     fn progress(&mut self) {
