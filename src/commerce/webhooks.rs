@@ -349,8 +349,10 @@ fn attribute(order: &Order, table: &LinkTable) -> Attribution {
     if let Some(click_id) = click {
         // Under `first_click` the cart names the first click's link too; a link no longer in
         // the table (renamed, removed) leaves the discount code to say whose sale it was.
-        let named = |name: &str| attr(name).and_then(|id| table.get(id.as_bytes()).cloned());
-        let link = named("cl_first_link").or_else(|| named("cl_link")).or_else(by_code);
+        // The first click's link when the cart names one (never the cart's own then: that is
+        // the later click's), else the cart's own.
+        let named = attr("cl_first_link").or_else(|| attr("cl_link"));
+        let link = named.and_then(|id| table.get(id.as_bytes()).cloned()).or_else(by_code);
         return Attribution {
             how: "click",
             click_id: Some(click_id),
@@ -570,6 +572,14 @@ mod tests {
         // The link was renamed since: the discount code says whose sale it was.
         assert_eq!(
             creator(2, r#"{"name":"cl_link","value":"gone"}"#),
+            ("click".into(), "sam".into())
+        );
+        // The first click's link is gone: the code, not the cart's own (the later) link.
+        assert_eq!(
+            creator(
+                3,
+                r#"{"name":"cl_link","value":"jane-kit"},{"name":"cl_first_link","value":"gone"}"#
+            ),
             ("click".into(), "sam".into())
         );
     }

@@ -1092,6 +1092,23 @@ mod tests {
             .map(|r| r.items.iter().map(|i| (i.id, i.substitute)).collect())
             .collect();
         assert_eq!(watched, vec![vec![(2, Some(9))], vec![(3, None)], vec![(4, None)]]);
+        // A route's cart whose items cannot be watched (BigCommerce by sku) is not watched; the
+        // link still loads. As the target, it is refused.
+        let by_sku = r#"{"type":"bigcommerce_cart","shop":"b.example","items":[{"sku":"TEE-1","qty":1}]}"#;
+        let table = parse(
+            &link(
+                &cart(2),
+                &format!(r#","geo":{{"FR":{by_sku}}},"stock":{{"policy":"drop"}}"#),
+            ),
+            "f",
+            &keys(),
+        )
+        .unwrap();
+        assert_eq!(table.get(b"s").unwrap().stock_rules().count(), 1);
+        let e = parse(&link(by_sku, r#","stock":{"policy":"drop"}"#), "f", &keys())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`product` ids"), "{e}");
         for (line, why) in [
             (link(url, r#","stock":{"policy":"drop"}"#), "needs a cart target"),
             (

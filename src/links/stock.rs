@@ -107,6 +107,8 @@ fn with_items(target: &TargetConfig, ids: &[Option<u64>]) -> TargetConfig {
 
 /// Checks a link's `stock` section against all its carts: substitutes need the `swap` policy
 /// and must name an item of one of the carts, and at least one destination must be a cart.
+/// The target's cart must be one whose items can be watched; a route's cart that cannot (a
+/// BigCommerce cart by `sku`) is simply not watched, as before routes were.
 pub fn check(raw: &LinkConfig) -> Result<(), String> {
     let Some(cfg) = &raw.stock else { return Ok(()) };
     if !cfg.substitutes.is_empty() && cfg.policy != StockPolicy::Swap {
@@ -118,10 +120,15 @@ pub fn check(raw: &LinkConfig) -> Result<(), String> {
     if carts.is_empty() {
         return Err("a `stock` rule needs a cart target".into());
     }
-    let mut ids = Vec::new();
-    for t in carts {
-        ids.extend(item_ids(t)?.into_iter().map(|(id, _)| id));
+    if !matches!(raw.target, TargetConfig::Url(_)) {
+        item_ids(&raw.target)?;
     }
+    let ids: Vec<u64> = carts
+        .into_iter()
+        .filter_map(|t| item_ids(t).ok())
+        .flatten()
+        .map(|(id, _)| id)
+        .collect();
     for key in cfg.substitutes.keys() {
         if !ids.iter().any(|id| id.to_string() == *key) {
             return Err(format!(
@@ -147,10 +154,13 @@ impl StockRule {
     /// to an empty cart either. Call [`check`] first.
     pub fn for_target(raw: &LinkConfig, target: &TargetConfig) -> Result<Option<StockRule>, String> {
         let Some(cfg) = &raw.stock else { return Ok(None) };
-        if matches!(target, TargetConfig::Url(_)) {
-            return Ok(None);
-        }
-        let items = item_ids(target)?
+        let ids = match item_ids(target) {
+            Ok(ids) => ids,
+            // A plain URL, or a route's cart whose items cannot be watched ([`check`] refused
+            // such a target already).
+            Err(_) => return Ok(None),
+        };
+        let items = ids
             .into_iter()
             .map(|(id, inventory_item)| StockItem {
                 id,
