@@ -29,7 +29,7 @@ pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
         _ => String::new(),
     };
     let payout = match &s.payout {
-        Some(p) => format!(", payouts to {}", p.url),
+        Some(p) => format!(", payouts to {}", crate::config::redact_url(&p.url.to_string())),
         None => ", payouts off".into(),
     };
     let keys = if s.secrets.demo_key {
@@ -38,7 +38,7 @@ pub fn check(config: &Path, explicit: bool) -> anyhow::Result<String> {
         ""
     };
     Ok(format!(
-        "ok: {} links in {}{geo}, sink {:?}{payout}{keys}\n",
+        "ok: {} links in {}{geo}, sink {}{payout}{keys}\n",
         table.len(),
         s.links.display(),
         s.sink

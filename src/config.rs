@@ -843,17 +843,20 @@ fn parse_sink(text: &str) -> Result<SinkSettings, String> {
         });
     }
     if text.starts_with("http://") || text.starts_with("https://") {
-        url::Url::parse(text).map_err(|e| format!("sink `{text}`: {e}"))?;
+        url::Url::parse(text).map_err(|e| format!("sink `{}`: {e}", redact_url(text)))?;
         return Ok(SinkSettings::Http {
             url: text.into(),
             auth: SinkAuth::default(),
         });
     }
     if text.starts_with("nats://") {
-        let u = url::Url::parse(text).map_err(|e| format!("sink `{text}`: {e}"))?;
+        let u = url::Url::parse(text).map_err(|e| format!("sink `{}`: {e}", redact_url(text)))?;
         let subject = u.path().trim_start_matches('/').to_string();
         if subject.is_empty() {
-            return Err(format!("sink `{text}` needs a subject: nats://host:port/subject"));
+            return Err(format!(
+                "sink `{}` needs a subject: nats://host:port/subject",
+                redact_url(text)
+            ));
         }
         let host = u.host_str().unwrap_or("127.0.0.1");
         return Ok(SinkSettings::Nats {
@@ -862,8 +865,43 @@ fn parse_sink(text: &str) -> Result<SinkSettings, String> {
         });
     }
     Err(format!(
-        "sink `{text}` must start with file://, http://, https:// or nats://"
+        "sink `{}` must start with file://, http://, https:// or nats://",
+        redact_url(text)
     ))
+}
+
+/// A URL as it may be shown in logs and messages: scheme, host, port and path, without user
+/// information, query or fragment, where credentials and tokens travel. What cannot be parsed
+/// shows only its scheme.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(u) => {
+            let hidden =
+                !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let more = if hidden { "…" } else { "" };
+            format!(
+                "{}://{}{port}{}{more}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            )
+        }
+        Err(_) => match text.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => "…".into(),
+        },
+    }
+}
+
+impl std::fmt::Display for SinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSettings::File { dir } => write!(f, "file://{}", dir.display()),
+            SinkSettings::Http { url, .. } => f.write_str(&redact_url(url)),
+            SinkSettings::Nats { server, subject } => write!(f, "nats://{server}/{subject}"),
+        }
+    }
 }
 
 /// `Name: value` with a valid header name and value.
@@ -950,6 +988,24 @@ mod tests {
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials_query_or_fragment() {
+        for (url, shown) in [
+            ("https://payouts.example/in", "https://payouts.example/in"),
+            (
+                "https://ch:S3cret@ch.example:8443/?password=S3cret&q=1",
+                "https://ch.example:8443/…",
+            ),
+            ("https://api.example/hook?token=S3cret", "https://api.example/hook…"),
+            ("https://ch:84x3/?password=S3cret", "https://…"),
+            ("not a url S3cret", "…"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let e = parse_sink("https://u:S3cret@[bad/?token=S3cret").unwrap_err();
+        assert!(!e.contains("S3cret"), "{e}");
     }
 
     #[test]

@@ -31,9 +31,10 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn new(url: &str, auth: &SinkAuth, cfg: &PipelineConfig) -> Result<HttpSink, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("sink `{url}`: {e}"))?;
+        let shown = crate::config::redact_url(url);
+        let uri: Uri = url.parse().map_err(|e| format!("sink `{shown}`: {e}"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(format!("sink `{url}`: must be http:// or https://"));
+            return Err(format!("sink `{shown}`: must be http:// or https://"));
         }
         let mut headers = Vec::new();
         let mut add = |name: &str, value: &str, sensitive: bool| -> Result<(), String> {

@@ -55,7 +55,7 @@ impl Payouts {
                 "payout outbox: cut a torn tail (a crash mid-write; that webhook was not answered 200)"
             );
         }
-        tracing::info!(pending = opened.pending, known = opened.known, url = %settings.url, "payouts on");
+        tracing::info!(pending = opened.pending, known = opened.known, url = %crate::config::redact_url(&settings.url.to_string()), "payouts on");
         metrics.pending.set(opened.pending as f64);
         let client = client(settings.timeout, &settings.ca_file, "payout.ca_file")?;
         let outbox = Arc::new(outbox);

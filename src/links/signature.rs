@@ -22,8 +22,9 @@ pub const MIN_KEY_LEN: usize = 32;
 pub enum KeyError {
     #[error("signing keys: entry {0} is not `kid:base64key`")]
     Shape(usize),
-    #[error("signing keys: kid `{0}` must be 1-16 of [A-Za-z0-9_-]")]
-    BadKid(String),
+    /// Not echoed: a key and its kid written the wrong way round would print the key.
+    #[error("signing keys: entry {0}: the kid (before `:`) must be 1-16 of [A-Za-z0-9_-]")]
+    BadKid(usize),
     #[error("signing keys: kid `{0}` appears twice")]
     DuplicateKid(String),
     #[error("signing keys: key `{0}` is not valid base64")]
@@ -127,7 +128,7 @@ impl KeyRing {
             let kid_ok = (1..=16).contains(&kid.len())
                 && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !kid_ok {
-                return Err(KeyError::BadKid(kid.chars().take(16).collect()));
+                return Err(KeyError::BadKid(i + 1));
             }
             if keys.iter().any(|k| &*k.kid == kid) {
                 return Err(KeyError::DuplicateKid(kid.to_string()));
