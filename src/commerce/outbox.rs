@@ -124,8 +124,24 @@ impl Outbox {
         let resolved_in_full = queued.len() - queued.iter().filter(|p| known[&p.id] == State::Queued).count();
         let pending: VecDeque<Pending> = queued.into_iter().filter(|p| known[&p.id] == State::Queued).collect();
         let len = if resolved_in_full > 0 || opened.bad_lines > 0 {
-            opened.compacted = true;
-            compact(dir, &known, &pending)?
+            match compact(dir, &known, &pending) {
+                Ok(len) => {
+                    opened.compacted = true;
+                    len
+                }
+                // Compacting only saves space: a full disk must not keep the server down.
+                Err(e) => {
+                    tracing::warn!(error = %e, "payout outbox: journal not compacted; it stays as it is");
+                    let tmp = dir.join("journal.tmp");
+                    if tmp.exists() {
+                        let _ = std::fs::remove_file(&tmp);
+                        text.len() as u64
+                    } else {
+                        // Renamed over before the failure: the compacted file is the journal.
+                        std::fs::metadata(&path)?.len()
+                    }
+                }
+            }
         } else {
             text.len() as u64
         };
@@ -228,8 +244,12 @@ impl Outbox {
             .create(true)
             .append(true)
             .open(self.dir.join(DEAD_LETTER))?;
-        dead.write_all(&line)?;
-        dead.sync_data()?;
+        let before = dead.metadata()?.len();
+        if let Err(e) = dead.write_all(&line).and_then(|()| dead.sync_data()) {
+            // Cut back, so the next dead letter does not join a torn line.
+            let _ = dead.set_len(before);
+            return Err(e);
+        }
         inner.journal.append(format!("x {}\n", p.id).as_bytes())
     }
 }
@@ -358,6 +378,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(dead.trim_end()).unwrap();
         assert_eq!(v["record"]["amount_minor"], -200);
         assert_eq!(v["error"], "status_4xx (HTTP 400)");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Compacting at start only saves space: when it cannot write (a full disk; here the
+    /// scratch name is taken by a directory), the outbox opens on the journal as it is.
+    #[test]
+    fn a_compaction_that_cannot_write_leaves_the_journal_and_opens() {
+        let dir = scratch("compact-fails");
+        let (o, _) = Outbox::open(&dir).unwrap();
+        o.enqueue(&[record(1), record(2)]).unwrap();
+        o.delivered("shopify:1:paid").unwrap();
+        drop(o);
+        std::fs::create_dir(dir.join("journal.tmp")).unwrap();
+        let (o, opened) = Outbox::open(&dir).unwrap();
+        assert_eq!((opened.pending, opened.known, opened.compacted), (1, 2, false));
+        assert_eq!(ids(&o), ["shopify:2:paid"]);
+        o.enqueue(&[record(3)]).unwrap();
+        drop(o);
+        std::fs::remove_dir(dir.join("journal.tmp")).unwrap();
+        let (o, opened) = Outbox::open(&dir).unwrap();
+        assert_eq!((opened.pending, opened.compacted), (2, true));
+        assert_eq!(ids(&o), ["shopify:2:paid", "shopify:3:paid"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
