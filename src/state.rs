@@ -218,8 +218,8 @@ impl App {
         let table = in_background(|| links::parse(text, "request body", &src.keys).map(|t| self.inherit(t)));
         let table = table.map_err(ReloadError::from);
         let table = self.counted(table)?;
-        let tmp = src.links_path.with_extension("jsonl.tmp");
-        let write = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &src.links_path));
+        // Synced before it is answered: after a power loss the file is this table or the old one.
+        let write = crate::commerce::journal::write_whole(&src.links_path, text.as_bytes());
         self.counted(write.map_err(|e| ReloadError::Other(format!("{}: {e}", src.links_path.display()))))?;
         *self.written.lock().expect("written lock") = file_stamp(&src.links_path);
         Ok(self.install(&src, table, None))

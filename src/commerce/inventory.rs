@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -117,7 +117,7 @@ impl Inventory {
                 .collect(),
             levels: self.levels.iter().map(|e| (*e.key(), e.value().clone())).collect(),
         };
-        let written = write_whole(file, &serde_json::to_vec(&saved).map_err(io::Error::other)?);
+        let written = super::journal::write_whole(file, &serde_json::to_vec(&saved).map_err(io::Error::other)?);
         if written.is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -236,20 +236,6 @@ impl Inventory {
             }
         }
     }
-}
-
-/// Writes `bytes` to `path` through a file beside it, synced and renamed over: a crash leaves
-/// the old file or the new one.
-fn write_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.new");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    super::journal::sync_dir(dir)
 }
 
 #[cfg(test)]
