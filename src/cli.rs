@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub fn settings(config: &Path, explicit: bool) -> anyhow::Result<Settings> {
     let cfg = Config::load(config, explicit, &process_env)?;
-    for name in crate::config::unknown_env_names(std::env::vars().map(|(k, _)| k)) {
+    // `vars_os`: `vars` panics on a variable that is not UTF-8, anyone's, not only ours.
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for name in crate::config::unknown_env_names(names) {
         // On stderr for every command (the log is not set up for mint and check).
         eprintln!("warning: {name} is not a cartlink setting and is ignored (misspelt?)");
     }

@@ -2,6 +2,7 @@
 //! atomically under load; SIGHUP, the admin API and the file watcher all reload.
 
 mod support;
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -151,6 +152,15 @@ fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
         ok && err.contains("CARTLINK_HTTP_MAX_INFLIGT is not a cartlink setting"),
         "{err}"
     );
+    // Another program's variable that is not UTF-8 is none of cartlink's business.
+    let out = Command::new(env!("CARGO_BIN_EXE_cartlink"))
+        .arg("check")
+        .current_dir(&dir)
+        .env("CARTLINK_LINKS", &links)
+        .env("NOT_UTF8", std::ffi::OsStr::from_bytes(b"caf\xe9"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(dir);
 }
 
