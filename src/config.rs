@@ -419,6 +419,53 @@ pub struct Settings {
     pub payout: Option<PayoutSettings>,
 }
 
+impl Settings {
+    /// The settings a reload does not apply (it applies the links file, `cookie`, `fallback`,
+    /// the client address, country header and geo database), each as an opaque fingerprint to
+    /// compare: a reload that changes one of them says so, by name. Secrets are fingerprinted
+    /// by a digest, never kept or shown.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        let digest = |parts: &[&str]| {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            for p in parts {
+                ctx.update(p.as_bytes());
+                ctx.update(&[0]);
+            }
+            format!("{:?}", ctx.finish())
+        };
+        let secrets = &self.secrets;
+        let webhook: Vec<&str> = secrets.shopify_webhook_secrets.iter().map(String::as_str).collect();
+        vec![
+            ("listen", self.listen.to_string()),
+            ("admin_listen", self.admin_listen.to_string()),
+            ("sink", format!("{:?}", self.sink)),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("workers", self.workers.to_string()),
+            ("edge", self.edge.clone()),
+            ("public_base_url", self.public_base_url.to_string()),
+            ("watch_links_ms", format!("{:?}", self.watch_links)),
+            ("drain", format!("{:?} {:?}", self.drain_delay, self.drain_grace)),
+            ("pipeline", format!("{:?}", self.pipeline)),
+            ("http", format!("{:?}", self.http)),
+            ("tls", format!("{:?}", self.tls)),
+            ("unique", format!("{:?}", self.unique)),
+            (
+                "signing_keys",
+                format!("{:?} {}", secrets.keys, secrets.keys.sign("cartlink:fingerprint")),
+            ),
+            ("admin_token", digest(&[secrets.admin_token.as_deref().unwrap_or("")])),
+            ("shopify_webhook_secrets", digest(&webhook)),
+            (
+                "payout",
+                match &self.payout {
+                    Some(p) => format!("{:?} {}", p, digest(&[&p.secret])),
+                    None => "off".into(),
+                },
+            ),
+        ]
+    }
+}
+
 pub struct Secrets {
     pub keys: std::sync::Arc<KeyRing>,
     pub demo_key: bool,

@@ -41,6 +41,7 @@ pub const FLUSH_DURATION: &str = "cartlink_sink_flush_duration_seconds";
 pub const CONFIG_GENERATION: &str = "cartlink_config_generation";
 pub const RELOADS: &str = "cartlink_config_reloads_total";
 pub const RELOAD_FAILURES: &str = "cartlink_config_reload_failures_total";
+pub const RESTART_PENDING: &str = "cartlink_config_restart_pending";
 pub const LINKS_LOADED: &str = "cartlink_links_loaded";
 pub const DRAINING: &str = "cartlink_draining";
 pub const CLICKS: &str = "cartlink_clicks_total";
@@ -198,6 +199,8 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub reloads: Counter,
     pub reload_failures: Counter,
+    /// 1 when the last reload found settings changed that only a restart applies.
+    pub restart_pending: Gauge,
     pub links_loaded: Gauge,
     pub draining: Gauge,
     pub human_clicks: Count,
@@ -251,6 +254,10 @@ impl Metrics {
             describe_gauge!(CONFIG_GENERATION, "Increments on every successful table load.");
             describe_counter!(RELOADS, "Successful reloads.");
             describe_counter!(RELOAD_FAILURES, "Rejected reloads; the previous table kept serving.");
+            describe_gauge!(
+                RESTART_PENDING,
+                "1 when the last reload found settings changed that apply only at the next restart."
+            );
             describe_gauge!(LINKS_LOADED, "Links in the table being served.");
             describe_gauge!(DRAINING, "1 after SIGTERM, while draining.");
             describe_gauge!(
@@ -326,6 +333,7 @@ impl Metrics {
                 config_generation: gauge!(CONFIG_GENERATION),
                 reloads: counter!(RELOADS),
                 reload_failures: counter!(RELOAD_FAILURES),
+                restart_pending: gauge!(RESTART_PENDING),
                 links_loaded: gauge!(LINKS_LOADED),
                 draining: gauge!(DRAINING),
                 human_clicks: Count::default(),

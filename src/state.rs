@@ -105,6 +105,8 @@ pub struct ReloadSource {
     pub explicit: bool,
     pub links_path: PathBuf,
     pub keys: Arc<KeyRing>,
+    /// The running process's settings that only a restart changes ([`Settings::restart_only`]).
+    pub restart_only: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,7 @@ impl App {
                 explicit,
                 links_path: settings.links.clone(),
                 keys,
+                restart_only: settings.restart_only(),
             }),
             links_file: ArcSwap::from_pointee(settings.links.clone()),
             written: Mutex::new(None),
@@ -206,6 +209,23 @@ impl App {
             Ok::<_, ReloadError>((settings, table, view))
         })();
         let (settings, table, view) = self.counted(result)?;
+        // Changed in the file or the environment, but not applied by a reload: said by name.
+        let changed: Vec<&str> = settings
+            .restart_only()
+            .into_iter()
+            .zip(&src.restart_only)
+            .filter(|(new, running)| new.1 != running.1)
+            .map(|(new, _)| new.0)
+            .collect();
+        self.metrics
+            .restart_pending
+            .set(if changed.is_empty() { 0.0 } else { 1.0 });
+        if !changed.is_empty() {
+            tracing::warn!(
+                settings = %changed.join(", "),
+                "reload: these settings changed but apply only at the next restart; the running values stay"
+            );
+        }
         src.links_path = settings.links.clone();
         self.links_file.store(Arc::new(settings.links.clone()));
         Ok(self.install(&src, table, Some(Arc::new(view))))

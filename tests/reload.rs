@@ -103,6 +103,42 @@ fn bad_files_are_rejected_with_their_line_and_the_old_table_keeps_serving() {
     assert_eq!(s.get(&path_for("b"), &[("User-Agent", IPHONE)]).status, 404);
 }
 
+/// A reload applies the links, cookie, fallback and audience settings; one that finds other
+/// settings changed says which, and that they wait for a restart.
+#[test]
+fn a_reload_names_the_settings_that_only_a_restart_applies() {
+    let s = Server::start(
+        "reload-restart-only",
+        &(link("a", "https://brand.example/a") + "\n"),
+        &[],
+    );
+    assert_eq!(s.metric("cartlink_config_restart_pending"), 0.0);
+    std::fs::create_dir_all(s.dir.join("config")).unwrap();
+    std::fs::write(s.dir.join("config/cartlink.toml"), "[cookie]\nname = \"cl_x\"\n").unwrap();
+    s.signal("HUP");
+    wait_for("the first reload", || s.metric("cartlink_config_generation") == 2.0);
+    assert_eq!(
+        s.metric("cartlink_config_restart_pending"),
+        0.0,
+        "the cookie is applied by reloads"
+    );
+    let r = s.get(&path_for("a"), &[("User-Agent", IPHONE)]);
+    assert!(r.header("set-cookie").unwrap().starts_with("cl_x="), "{r:?}");
+    std::fs::write(
+        s.dir.join("config/cartlink.toml"),
+        "[cookie]\nname = \"cl_x\"\n[http]\nmax_inflight = 10\n",
+    )
+    .unwrap();
+    s.signal("HUP");
+    wait_for("the second reload", || s.metric("cartlink_config_generation") == 3.0);
+    assert_eq!(s.metric("cartlink_config_restart_pending"), 1.0);
+    assert!(
+        s.stderr().contains("settings=http") && s.stderr().contains("apply only at the next restart"),
+        "{}",
+        s.stderr()
+    );
+}
+
 #[test]
 fn mint_and_check_say_when_the_demo_key_signs_and_mint_keeps_sub_as_recorded() {
     let dir = scratch("mint");
