@@ -104,7 +104,7 @@ pub struct Drops {
 /// `cartlink_sink_errors_total{kind}`, `cartlink_payout_failures_total{kind}`.
 #[derive(Clone)]
 pub struct ByErrorKind {
-    by_kind: [Counter; 8],
+    by_kind: [Counter; 9],
 }
 
 impl ByErrorKind {
@@ -150,7 +150,7 @@ pub struct PayoutMetrics {
     pub duplicates: Counter,
     /// Records the payout system acknowledged (2xx).
     pub sent: Counter,
-    /// Failed POSTs by kind; all but `status_4xx` are retried.
+    /// Failed POSTs by kind; all but `status_4xx` (400, 413, 415, 422) are retried.
     pub failures: ByErrorKind,
     /// Records refused for good and kept in `dead-letter.jsonl`.
     pub dead_letters: Counter,
@@ -281,7 +281,7 @@ impl Metrics {
             describe_counter!(PAYOUT_SENT, "Commission records the payout system acknowledged (2xx).");
             describe_counter!(
                 PAYOUT_FAILURES,
-                "Failed payout POSTs, by kind; all but status_4xx are retried."
+                "Failed payout POSTs, by kind; all but status_4xx (400, 413, 415, 422) are retried."
             );
             describe_counter!(
                 PAYOUT_DEAD_LETTERS,

@@ -419,6 +419,19 @@ fn clawbacks_after_a_restart_take_back_exactly_what_was_paid() {
     assert_eq!(paid_records, 1, "the payment delivered again is not streamed again");
 }
 
+/// A 404 or a 401 says the endpoint (or the proxy before it) is wrong, not the record:
+/// retried until it is right, never dead-lettered.
+#[test]
+fn a_404_or_401_is_retried_not_dead_lettered() {
+    let (rx, s) = with_receiver("payout-404", &[Act::Status(404), Act::Status(401)]);
+    pay(&s, "w-1", &order(41, "19.95", "JANE15"));
+    metric_is(&s, "cartlink_payout_sent_total", 1.0);
+    assert_eq!(s.metric("cartlink_payout_failures_total{kind=\"status_other\"}"), 2.0);
+    assert_eq!(s.metric("cartlink_payout_dead_letters_total"), 0.0);
+    let ids: Vec<String> = rx.got().iter().map(|g| g.idempotency_key.clone()).collect();
+    assert_eq!(ids, ["shopify:41:paid"; 3]);
+}
+
 #[test]
 fn a_400_is_dead_lettered_and_not_retried() {
     let (rx, s) = with_receiver("payout-400", &[Act::Status(400)]);

@@ -207,6 +207,22 @@ fn server_errors_and_resets_mid_batch_are_retried_and_duplicates_share_click_ids
     assert!(s.metric("cartlink_sink_retries_total") >= 7.0);
 }
 
+/// A 404 or a 403 from the collector (a moved endpoint, a revoked token, a proxy before a
+/// collector that is down) says nothing about the batch: retried, nothing dropped.
+#[test]
+fn a_404_or_403_from_the_collector_is_retried_and_nothing_is_dropped() {
+    let c = Collector::start();
+    c.fail_next(2, Mode::Status(404));
+    c.fail_next(1, Mode::Status(403));
+    let s = start("endpoint-wrong", &env(&c, &[]));
+    let sent = clicks(&s, 100);
+    let flow = s.wait_at_rest(REST);
+    let o = oracle(&sent, &c.ids());
+    assert!(o.missing.is_empty(), "{} missing", o.missing.len());
+    assert_eq!((flow.delivered, flow.dropped), (100.0, 0.0));
+    assert_eq!(s.metric("cartlink_sink_errors_total{kind=\"status_other\"}"), 3.0);
+}
+
 #[test]
 fn a_definitive_4xx_is_not_retried_and_is_counted_as_a_drop() {
     let c = Collector::start();

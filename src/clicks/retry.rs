@@ -12,7 +12,8 @@
 //! | 429 Too Many Requests | `status_429` | yes |
 //! | 408 Request Timeout | `status_408` | yes |
 //! | 5xx | `status_5xx` | yes |
-//! | any other 4xx (and 1xx/3xx) | `status_4xx` | no: the batch is dropped, counted as `dropped{reason="sink_rejected"}` |
+//! | 400, 413, 415, 422: the content refused | `status_4xx` | no: the batch is dropped, counted as `dropped{reason="sink_rejected"}` |
+//! | any other (401, 403, 404, 409, a 3xx…): the endpoint, not the content | `status_other` | yes |
 //! | local write error (file sink, ENOSPC…) | `io` | yes |
 //! | JetStream publish not acknowledged | `ack` | yes |
 //!
@@ -32,18 +33,23 @@ pub enum ErrorKind {
     Status408,
     Status5xx,
     Status4xx,
+    /// Neither success nor a verdict on the content: auth, path, a redirect, a conflict. A
+    /// misconfigured or moved endpoint (or a proxy in front of one that is down) answers so
+    /// for every batch, so dropping would lose everything until someone fixed it.
+    StatusOther,
     Io,
     Ack,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Status429,
         ErrorKind::Status408,
         ErrorKind::Status5xx,
         ErrorKind::Status4xx,
+        ErrorKind::StatusOther,
         ErrorKind::Io,
         ErrorKind::Ack,
     ];
@@ -56,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Status408 => "status_408",
             ErrorKind::Status5xx => "status_5xx",
             ErrorKind::Status4xx => "status_4xx",
+            ErrorKind::StatusOther => "status_other",
             ErrorKind::Io => "io",
             ErrorKind::Ack => "ack",
         }
@@ -92,7 +99,8 @@ pub fn classify_status(status: u16) -> Option<ErrorKind> {
         429 => Some(ErrorKind::Status429),
         408 => Some(ErrorKind::Status408),
         500..=599 => Some(ErrorKind::Status5xx),
-        _ => Some(ErrorKind::Status4xx),
+        400 | 413 | 415 | 422 => Some(ErrorKind::Status4xx),
+        _ => Some(ErrorKind::StatusOther),
     }
 }
 

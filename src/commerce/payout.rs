@@ -10,10 +10,11 @@
 //!   `Idempotency-Key: <commission_id>` (the same id is inside the signed body).
 //! - Once per commission id: an id already queued, delivered or dead-lettered is not queued
 //!   again, across restarts (the webhooks' own de-duplication is in memory only).
-//! - Outcomes, by [`crate::clicks::retry::classify_status`]: 2xx delivered; 408, 429, 5xx,
-//!   refused or reset connections and timeouts are retried with the sinks' capped, jittered
-//!   backoff, without end; any other status is a refusal for good: logged, counted, kept in
-//!   the dead-letter file, not retried.
+//! - Outcomes, by [`crate::clicks::retry::classify_status`]: 2xx delivered; 400, 413, 415
+//!   and 422 (the record refused) are refusals for good: logged, counted, kept in the
+//!   dead-letter file, not retried; everything else (408, 429, 5xx, 401, 403, 404, a 3xx…,
+//!   refused or reset connections, timeouts) is retried with the sinks' capped, jittered
+//!   backoff, without end: a wrong or moved endpoint must not dead-letter the whole backlog.
 //! - Order: one record at a time, oldest first, so a record the payout system keeps answering
 //!   5xx holds up the ones behind it (`cartlink_payout_pending` grows).
 //! - Shutdown drops a POST in flight; the record is still pending in the outbox and is sent
