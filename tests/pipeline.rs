@@ -241,7 +241,12 @@ fn a_definitive_4xx_is_not_retried_and_is_counted_as_a_drop() {
     assert_eq!(flow.dropped, rejected);
     assert_eq!(s.metric("cartlink_sink_errors_total{kind=\"status_4xx\"}"), 1.0);
     assert_eq!(s.metric("cartlink_sink_retries_total"), 0.0);
-    // A refused write is not a working sink: sink_up says so until a write succeeds.
+    // A refused write is not a working sink: sink_up says so until a write succeeds. (The 50
+    // clicks above may have gone in more than one batch, the later ones accepted: the last
+    // write decides, so it is made the refused one here.)
+    c.fail_next(1, Mode::Status(400));
+    clicks(&s, 1);
+    s.wait_at_rest(REST);
     assert_eq!(s.metric("cartlink_sink_up"), 0.0);
     clicks(&s, 1);
     s.wait_at_rest(REST);

@@ -147,10 +147,14 @@ mod tests {
             (500, true),
             (503, true),
             (400, false),
-            (401, false),
-            (404, false),
             (413, false),
-            (301, false),
+            (415, false),
+            (422, false),
+            (401, true),
+            (403, true),
+            (404, true),
+            (409, true),
+            (301, true),
         ] {
             let k = classify_status(s).unwrap();
             assert_eq!(k.retriable(), retried, "{s}");
