@@ -180,6 +180,20 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                 Ok(Body::One(u)) => vec![u],
                 Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.to_string()})),
             };
+            // All checked before any is applied: a list is applied whole or not at all.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if let Some((i, e)) = updates
+                .iter()
+                .enumerate()
+                .find_map(|(i, u)| u.level_time_ms(now).err().map(|e| (i, e)))
+            {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": format!("update {}: {e}", i + 1), "applied": 0}),
+                );
+            }
             let (mut applied, mut stale) = (0, 0);
             for u in &updates {
                 match app.inventory.apply(u) {

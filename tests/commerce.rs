@@ -116,6 +116,29 @@ fn each_stock_policy_sends_the_follower_somewhere_sellable() {
     );
 }
 
+/// A list of updates is applied whole or not at all, and a level dated far ahead (a typo such
+/// as 2099, which would make every later level stale, restarts included) is refused.
+#[test]
+fn a_bad_update_in_a_list_applies_none_of_it() {
+    let s = Server::start("commerce-list", LINKS, &[]);
+    let r = s.admin(
+        "POST",
+        "/admin/inventory",
+        br#"[{"variant":40000000002,"available":0},{"inventory_item_id":271878346596884015,"location_id":1,"available":3,"updated_at":"2099-01-01T00:00:00Z"}]"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body_text());
+    assert!(
+        r.body_text().contains("update 2") && r.body_text().contains("ahead"),
+        "{}",
+        r.body_text()
+    );
+    let r = s.admin("GET", "/admin/inventory/40000000002", b"");
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["available"].is_null(),
+        "the first update of the refused list was not applied"
+    );
+}
+
 /// A substitute given with its Shopify inventory item is kept current by the store's level
 /// webhooks, like the items themselves: a sold-out substitute is not swapped in.
 #[test]

@@ -219,23 +219,45 @@ impl Inventory {
                 inventory_item_id,
                 location_id,
                 available,
-                updated_at,
+                ..
             } => {
-                let ms = match updated_at {
-                    Some(at) => {
-                        let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                            .map_err(|e| format!("updated_at `{at}`: {e}"))?;
-                        u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-                    }
-                    None => std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                };
+                let ms = u.level_time_ms(now_ms())?;
                 // `available: null` (a disconnected location) counts as zero there.
                 Ok(self.apply_level(*inventory_item_id, *location_id, available.unwrap_or(0), ms))
             }
         }
     }
+}
+
+/// How far ahead of this machine's clock an `updated_at` may be: clock skew, not a typo such
+/// as a year 2099, which would make every later level stale, restarts included.
+const MAX_AHEAD_MS: u64 = 3600 * 1000;
+
+impl Update {
+    /// A level's time (now for one without `updated_at`), or why it cannot be applied. Checked
+    /// for every update of a list before any is applied, so a list is applied whole or not at
+    /// all.
+    pub fn level_time_ms(&self, now_ms: u64) -> Result<u64, String> {
+        let Update::Level { updated_at, .. } = self else {
+            return Ok(now_ms);
+        };
+        let Some(at) = updated_at else { return Ok(now_ms) };
+        let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("updated_at `{at}`: {e}"))?;
+        let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        if ms > now_ms + MAX_AHEAD_MS {
+            return Err(format!(
+                "updated_at `{at}` is more than an hour ahead of this server's clock"
+            ));
+        }
+        Ok(ms)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
