@@ -597,6 +597,16 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                 }
                 BigFormat::Checkout => {
                     base.push_str("/checkout/");
+                    // `products=` takes ids and SKUs in one list: digits read as a product id.
+                    if let Some(sku) = items
+                        .iter()
+                        .filter_map(|i| i.sku.as_deref())
+                        .find(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                    {
+                        return Err(format!(
+                            "sku `{sku}` is all digits: BigCommerce's checkout URL would read it as a product id; give the item's `product` id instead"
+                        ));
+                    }
                     let ids = items
                         .iter()
                         .map(|i| item_id(i).map(|id| (id, i.qty)))

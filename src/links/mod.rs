@@ -1126,6 +1126,18 @@ mod tests {
     }
 
     #[test]
+    fn an_all_digit_sku_in_a_bigcommerce_checkout_is_refused() {
+        let checkout = |sku: &str| {
+            format!(
+                r#"{{"id":"b","creator":"c","campaign":"k","target":{{"type":"bigcommerce_cart","format":"checkout","shop":"t.example","items":[{{"product":77,"qty":1}},{{"sku":"{sku}","qty":2}}]}}}}"#
+            )
+        };
+        let e = parse(&checkout("10042"), "f", &keys()).unwrap_err().to_string();
+        assert!(e.contains("f:1:") && e.contains("`10042` is all digits"), "{e}");
+        assert!(parse(&checkout("CAP-1"), "f", &keys()).is_ok());
+    }
+
+    #[test]
     fn a_lookup_started_early_finds_what_get_finds_even_when_hashes_collide() {
         let text: String = ["a", "b", "c"].iter().map(|id| line(id) + "\n").collect();
         let parsed = parse(&text, "f", &keys()).unwrap();
