@@ -241,8 +241,8 @@ fn spawn_reload_on_hup(app: Arc<App>, tls: Option<Arc<server::tls::Tls>>) {
                     match tls.reload_tls() {
                         Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
                         Err(e) => {
-                            app.metrics.reload_failures.increment(1);
                             tracing::error!(error = %e, "SIGHUP: TLS certificate kept; new one rejected");
+                            app.metrics.reload_failures.increment(1);
                         }
                     }
                 }

@@ -252,8 +252,9 @@ impl App {
 
     fn counted<T>(&self, r: Result<T, ReloadError>) -> Result<T, ReloadError> {
         if let Err(e) = &r {
-            self.metrics.reload_failures.increment(1);
+            // Logged before counted: whoever sees the count (a test, an alert) finds the reason.
             tracing::error!(error = %e, "reload rejected; the previous table keeps serving");
+            self.metrics.reload_failures.increment(1);
         }
         r
     }
