@@ -316,7 +316,14 @@ mod tests {
         assert_eq!(inv.available(40), Some(0));
         apply(&level("2026-01-02T00:00:00Z", 9));
         assert_eq!(inv.available(40), Some(0), "older than the disconnect");
-        apply(&level("2999-01-01T00:00:00Z", 9));
+        // Later than the disconnect (its time was this machine's clock), within the hour a
+        // level may be ahead of it.
+        let later = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
+        let later = later.format(&time::format_description::well_known::Rfc3339).unwrap();
+        apply(&level(&later, 9));
+        assert_eq!(inv.available(40), Some(9));
+        let typo = serde_json::from_str::<Update>(&level("2999-01-01T00:00:00Z", 1)).unwrap();
+        assert!(inv.apply(&typo).unwrap_err().contains("ahead"));
         assert_eq!(inv.available(40), Some(9));
     }
 
