@@ -523,7 +523,11 @@ impl Config {
         }
         overlay_env(&mut value, "CARTLINK", env)?;
         let text = toml::to_string(&value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid(format!("environment: {}", e.message())))
+        // The file was read on its own above: what fails now came from the environment.
+        toml::from_str(&text).map_err(|e| {
+            let var = e.span().and_then(|span| env_var_at(&text, span.start));
+            ConfigError::Invalid(format!("{}: {}", var.as_deref().unwrap_or("environment"), e.message()))
+        })
     }
 
     /// Validates everything, collecting every problem.
@@ -811,6 +815,22 @@ fn env_name(prefix: &str, key: &str) -> String {
     format!("{prefix}_{}", key.to_ascii_uppercase())
 }
 
+/// The variable that set the value at byte `at` of the merged config's TOML text: its key, and
+/// the `[table]` header above it, if any.
+fn env_var_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let key = text[line_start..].split('=').next()?.trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'));
+    let prefix = table
+        .into_iter()
+        .flat_map(|t| t.split('.'))
+        .fold("CARTLINK".to_string(), |name, part| env_name(&name, part.trim()));
+    Some(env_name(&prefix, key))
+}
+
 fn overlay_env(value: &mut toml::Value, prefix: &str, env: Env) -> Result<(), ConfigError> {
     let toml::Value::Table(table) = value else {
         return Ok(());
@@ -857,8 +877,12 @@ pub fn unknown_env_names(names: impl Iterator<Item = String>) -> Vec<String> {
         let toml::Value::Table(table) = value else { return };
         for (key, slot) in table {
             let name = env_name(prefix, key);
-            known(slot, &name, out);
-            out.insert(name);
+            // A section's own name (`CARTLINK_HTTP`) sets nothing: only its keys are read.
+            if slot.is_table() {
+                known(slot, &name, out);
+            } else {
+                out.insert(name);
+            }
         }
     }
     let mut names_read = std::collections::HashSet::new();
@@ -1035,6 +1059,22 @@ mod tests {
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn an_override_the_config_cannot_take_is_named_and_a_section_name_is_unknown() {
+        for (name, value) in [("CARTLINK_WORKERS", "-1"), ("CARTLINK_HTTP_MAX_HEADERS", "-3")] {
+            let e = Config::load(Path::new("/nonexistent.toml"), false, &env_of(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("{name}: ")), "{e}");
+        }
+        let unknown = unknown_env_names(
+            ["CARTLINK_HTTP", "CARTLINK_HTTP_MAX_HEADERS", "CARTLINK_WORKERS"]
+                .map(String::from)
+                .into_iter(),
+        );
+        assert_eq!(unknown, ["CARTLINK_HTTP"]);
     }
 
     #[test]
