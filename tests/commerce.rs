@@ -12,17 +12,22 @@ const LINKS: &str = r#"{"id":"drop","creator":"jane","campaign":"s","discount":"
 
 const ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
 
-fn loc(s: &Server, id: &str) -> (String, serde_json::Value) {
-    let r = s.get(&path_for(id), &[("User-Agent", IPHONE)]);
+/// The `Location` of a human click on `id` (its click ID as `{ID}`) and its click record.
+fn redirect(s: &Server, id: &str, headers: &[(&str, &str)]) -> (String, serde_json::Value) {
+    let r = s.get(&path_for(id), headers);
     assert_eq!(r.status, 302, "{r:?}");
     let click = r.click_id();
     let shape = r.location().replace(&click, "{ID}");
-    let rec = loop {
+    loop {
         if let Some(rec) = s.clicks().into_iter().find(|c| c["click_id"] == click.as_str()) {
-            break rec;
+            return (shape, rec);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    }
+}
+
+fn loc(s: &Server, id: &str) -> (String, serde_json::Value) {
+    let (shape, rec) = redirect(s, id, &[("User-Agent", IPHONE)]);
     (shape, rec["oos"].clone())
 }
 
@@ -193,11 +198,7 @@ fn stock_levels_survive_a_restart_and_a_crash() {
         let mut s = s;
         s.signal(sig);
         s.wait_exit(std::time::Duration::from_secs(20));
-        let dir = scratch(name);
-        copy_tree(&s.dir.join("data"), &dir.join("data"));
-        std::fs::write(dir.join("links.jsonl"), LINKS).unwrap();
-        drop(s);
-        Server::start_in(dir, &[])
+        Server::start_in(dir_for_restart(s, name, LINKS), &[])
     };
     s = restart(s, "TERM", "commerce-restart-2");
     assert_eq!(loc(&s, "drop"), sold_out, "after a restart");
@@ -247,16 +248,7 @@ fn geo_device_and_variant_carts_are_stock_aware_too() {
         ("CF-IPCountry", "FR"),
     ];
     let get = |id: &str, headers: &[(&str, &str)]| {
-        let r = s.get(&path_for(id), headers);
-        assert_eq!(r.status, 302, "{r:?}");
-        let click = r.click_id();
-        let shape = r.location().replace(&click, "{ID}");
-        let rec = loop {
-            if let Some(rec) = s.clicks().into_iter().find(|c| c["click_id"] == click.as_str()) {
-                break rec;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        let (shape, rec) = redirect(&s, id, headers);
         (shape, rec["served"].as_str().unwrap().to_string(), rec["oos"].clone())
     };
     let q = |id: &str| format!("ref=jane&attributes%5Bcl_link%5D={id}&attributes%5Bcl_click%5D={{ID}}");

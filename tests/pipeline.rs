@@ -340,10 +340,7 @@ fn restart_with_a_non_empty_spill_replays_it() {
     assert!(!segments.is_empty() && segments.iter().all(|n| n.starts_with("seg-") && n.ends_with(".spill")));
     assert!(c.ids().is_empty());
 
-    let dir = scratch("spill-restart-2");
-    copy_tree(&s.dir.join("data"), &dir.join("data"));
-    std::fs::write(dir.join("links.jsonl"), PIPELINE_LINKS).unwrap();
-    drop(s);
+    let dir = dir_for_restart(s, "spill-restart-2", PIPELINE_LINKS);
     c.set(Mode::Up);
     let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s2 = Server::start_in(dir.clone(), &pairs);
@@ -414,10 +411,7 @@ fn sigterm_ends_within_delay_plus_grace_and_the_spill_keeps_the_rest() {
     );
     drop(upload);
 
-    let dir = scratch("sigterm-budget-2");
-    copy_tree(&s.dir.join("data"), &dir.join("data"));
-    std::fs::write(dir.join("links.jsonl"), PIPELINE_LINKS).unwrap();
-    drop(s);
+    let dir = dir_for_restart(s, "sigterm-budget-2", PIPELINE_LINKS);
     c.set(Mode::Up);
     let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s2 = Server::start_in(dir, &pairs);
@@ -563,10 +557,7 @@ fn kill_9_loses_only_the_in_memory_window_and_the_spill_survives() {
     s.signal("KILL");
     s.wait_exit(Duration::from_secs(10));
 
-    let dir = scratch("kill9-2");
-    copy_tree(&s.dir.join("data"), &dir.join("data"));
-    std::fs::write(dir.join("links.jsonl"), PIPELINE_LINKS).unwrap();
-    drop(s);
+    let dir = dir_for_restart(s, "kill9-2", PIPELINE_LINKS);
     c.set(Mode::Up);
     let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s2 = Server::start_in(dir, &pairs);

@@ -13,6 +13,22 @@ fn records_of(s: &Server, kind: &str) -> Vec<serde_json::Value> {
     s.clicks().into_iter().filter(|r| r["type"] == kind).collect()
 }
 
+/// Every commission record as (commission_id, amount_minor), sorted: records of separate
+/// deliveries may reach the stream in any order.
+fn commissions(s: &Server) -> Vec<(String, i64)> {
+    let mut amounts: Vec<(String, i64)> = records_of(s, "commission")
+        .iter()
+        .map(|c| {
+            (
+                c["commission_id"].as_str().unwrap().to_string(),
+                c["amount_minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    amounts.sort_unstable();
+    amounts
+}
+
 fn settle(s: &Server) {
     // The pipeline writes within a few batch ages; wait until accepted == delivered.
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -133,16 +149,7 @@ fn orders_become_conversions_and_commissions_exactly_once() {
     let mut how: Vec<_> = conv.iter().map(|c| c["attribution"].as_str().unwrap()).collect();
     how.sort_unstable();
     assert_eq!(how, ["click", "discount", "none"]);
-    let mut amounts: Vec<(String, i64)> = records_of(&s, "commission")
-        .iter()
-        .map(|c| {
-            (
-                c["commission_id"].as_str().unwrap().to_string(),
-                c["amount_minor"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    amounts.sort_unstable();
+    let amounts = commissions(&s);
     assert_eq!(
         amounts,
         [
@@ -179,11 +186,7 @@ fn a_refund_delivered_again_after_a_restart_is_not_clawed_back_twice() {
     settle(&s);
     s.signal("TERM");
     assert_eq!(s.wait_exit(std::time::Duration::from_secs(20)), 0);
-    let dir = scratch("webhooks-restart-2");
-    copy_tree(&s.dir.join("data"), &dir.join("data"));
-    copy_tree(&s.dir.join("clicks"), &dir.join("clicks"));
-    std::fs::write(dir.join("links.jsonl"), LINKS).unwrap();
-    drop(s);
+    let dir = dir_for_restart(s, "webhooks-restart-2", LINKS);
 
     let s = Server::start_in(dir, &env);
     // The same delivery again (its id forgotten with the process), then the cancellation.
@@ -196,16 +199,7 @@ fn a_refund_delivered_again_after_a_restart_is_not_clawed_back_twice() {
         200
     );
     settle(&s);
-    let mut amounts: Vec<(String, i64)> = records_of(&s, "commission")
-        .iter()
-        .map(|c| {
-            (
-                c["commission_id"].as_str().unwrap().to_string(),
-                c["amount_minor"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    amounts.sort_unstable();
+    let amounts = commissions(&s);
     assert_eq!(
         amounts,
         [

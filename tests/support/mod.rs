@@ -799,6 +799,19 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A scratch directory `name` for a restart of the stopped server `s`: its data directory and
+/// click files copied, `links` as its links file. `s` is dropped (its own directory removed).
+pub fn dir_for_restart(s: Server, name: &str, links: &str) -> PathBuf {
+    let dir = scratch(name);
+    copy_tree(&s.dir.join("data"), &dir.join("data"));
+    if s.dir.join("clicks").exists() {
+        copy_tree(&s.dir.join("clicks"), &dir.join("clicks"));
+    }
+    std::fs::write(dir.join("links.jsonl"), links).unwrap();
+    drop(s);
+    dir
+}
+
 /// The NATS server the NATS tests use: `CARTLINK_TEST_NATS` or `127.0.0.1:4222`.
 pub fn nats_addr() -> String {
     std::env::var("CARTLINK_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".to_string())
