@@ -1,8 +1,10 @@
 //! Payouts against a running server and a real receiver on a loopback port: each commission
 //! record POSTed signed, byte for byte the stream's record; retried through 503s and a stall,
 //! delivered once; kept in the outbox across a SIGTERM and restart while the receiver is down;
-//! not paid twice when Shopify re-sends the order after a restart; a 400 dead-lettered, not
-//! retried; clawbacks posted negative; `cartlink check` refusing a bad set-up.
+//! not paid twice when Shopify re-sends the order after a restart; nothing posted while the
+//! ledger's disk is full, and a commission the outbox's full disk refused posted once on the
+//! retry; a 400 dead-lettered, not retried; clawbacks posted negative; `cartlink check`
+//! refusing a bad set-up.
 
 mod support;
 use ring::hmac;
@@ -421,6 +423,93 @@ fn clawbacks_after_a_restart_take_back_exactly_what_was_paid() {
 
 /// A 404 or a 401 says the endpoint (or the proxy before it) is wrong, not the record:
 /// retried until it is right, never dead-lettered.
+/// A server paying out to `rx` whose `data/<sub>` directory is a small tmpfs, already full.
+fn with_full_disk(name: &str, sub: &str, rx: &Receiver) -> Option<(Tmpfs, Server)> {
+    let dir = scratch(name);
+    let disk = Tmpfs::mount(&dir.join("data").join(sub), "64k", name)?;
+    disk.fill();
+    std::fs::write(dir.join("links.jsonl"), LINKS).unwrap();
+    let env = env_for(&rx.url());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Some((disk, Server::start_in(dir, &env)))
+}
+
+/// How many records of the stream have `key` == `id`.
+fn in_stream(s: &Server, key: &str, id: &str) -> usize {
+    read_records(&s.dir.join("clicks"))
+        .iter()
+        .filter(|r| r[key] == id)
+        .count()
+}
+
+#[test]
+fn nothing_is_posted_while_the_ledger_cannot_take_the_commission() {
+    let rx = Receiver::start(&[]);
+    let Some((disk, s)) = with_full_disk("payout-ledger-full", "commerce", &rx) else {
+        return;
+    };
+    let paid = order(61, "19.95", "JANE15");
+    let deliver = || deliver_webhook(&s, ORDERS, "orders/paid", "w-61", paid.as_bytes(), SHOP_SECRET);
+    assert_eq!(deliver(), 503, "the ledger is full: Shopify must retry");
+    // A payout posted now could never be clawed back: the ledger does not hold it.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(rx.got().is_empty(), "posted while the ledger could not take it");
+    assert_eq!(s.metric("cartlink_payout_queued_total"), 0.0);
+
+    disk.free();
+    assert_eq!(deliver(), 200, "Shopify's retry, once there is room");
+    let got = rx.wait_taken(1);
+    assert_eq!(got[0].json()["amount_minor"], 200);
+    stream_line(&s, "shopify:61:paid");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.got().len(), 1, "posted once");
+    assert_eq!(in_stream(&s, "conversion_id", "shopify:61"), 1);
+    assert_eq!(in_stream(&s, "commission_id", "shopify:61:paid"), 1);
+}
+
+#[test]
+fn a_commission_the_outbox_could_not_take_is_posted_once_on_the_retry() {
+    let rx = Receiver::start(&[]);
+    let Some((disk, s)) = with_full_disk("payout-outbox-full", "payout", &rx) else {
+        return;
+    };
+    let paid = order(62, "19.95", "JANE15");
+    let deliver = || deliver_webhook(&s, ORDERS, "orders/paid", "w-62", paid.as_bytes(), SHOP_SECRET);
+    assert_eq!(deliver(), 503, "the outbox is full: Shopify must retry");
+    // The ledger took it first; the retry makes the commission again from it.
+    let ledger = std::fs::read_to_string(s.dir.join("data/commerce/ledger.jsonl")).unwrap();
+    assert!(
+        ledger.contains(r#""order":62"#) && ledger.contains(r#""payout":true"#),
+        "{ledger}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(rx.got().is_empty());
+    assert_eq!(in_stream(&s, "conversion_id", "shopify:62"), 0, "not before it is kept");
+
+    disk.free();
+    assert_eq!(deliver(), 200);
+    let got = rx.wait_taken(1);
+    assert_eq!(
+        (got[0].idempotency_key.as_str(), got[0].json()["amount_minor"].as_i64()),
+        ("shopify:62:paid", Some(200))
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].body),
+        String::from_utf8_lossy(&stream_line(&s, "shopify:62:paid")),
+        "the stream got the records the retry made"
+    );
+    assert_eq!(in_stream(&s, "conversion_id", "shopify:62"), 1);
+    // A second retry (Shopify delivers at least once) queues and streams nothing again.
+    assert_eq!(
+        deliver_webhook(&s, ORDERS, "orders/paid", "w-62b", paid.as_bytes(), SHOP_SECRET),
+        200
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.got().len(), 1, "posted once");
+    assert_eq!(s.metric("cartlink_payout_queued_total"), 1.0);
+    assert_eq!(in_stream(&s, "commission_id", "shopify:62:paid"), 1);
+}
+
 #[test]
 fn a_404_or_401_is_retried_not_dead_lettered() {
     let (rx, s) = with_receiver("payout-404", &[Act::Status(404), Act::Status(401)]);

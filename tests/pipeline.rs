@@ -9,7 +9,6 @@
 
 mod support;
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
@@ -455,40 +454,14 @@ fn spill_cap_drops_exactly_the_clicks_it_counts() {
     assert_eq!(flow.accepted, 300.0);
 }
 
-/// Unmounts the tmpfs (and removes the directory) when the test ends, pass or fail.
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
-    }
-}
-
 #[test]
 fn enospc_in_the_spill_is_counted_survived_and_resumed() {
     let dir = scratch("enospc");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&data)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("cannot mount a tmpfs (CI runs as root; the ENOSPC test must run there)");
-        }
-        say_skipped(
-            "enospc_in_the_spill_is_counted_survived_and_resumed",
-            "`mount -t tmpfs` failed (not root?); under CI=true this fails instead",
-        );
+    let Some(_unmount) = Tmpfs::mount(&data, "64k", "enospc_in_the_spill_is_counted_survived_and_resumed") else {
         return;
-    }
-    let _unmount = Tmpfs(data.clone());
+    };
     std::fs::write(dir.join("links.jsonl"), PIPELINE_LINKS).unwrap();
     let c = Collector::start();
     c.set(Mode::Refuse);

@@ -1,9 +1,11 @@
 //! `POST /webhooks/shopify/orders` and `POST /webhooks/shopify/inventory` on the public
 //! listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
-//! Answered as soon as the records are queued (well inside Shopify's 5 s): with payouts on,
-//! that is once the commission records are synced into the payout outbox, never after the
-//! payout system answers; if the outbox cannot take them, 503 and nothing is applied, so
-//! Shopify's retry applies the delivery whole.
+//! Answered as soon as the records are kept (well inside Shopify's 5 s): the ledger changes
+//! synced to the commission ledger, then, with payouts on, the commission records synced into
+//! the payout outbox, never after the payout system answers. If the ledger cannot take them,
+//! 503 and nothing is applied. If the outbox cannot, 503 too: the ledger holds them, and
+//! Shopify's retry makes the records again from it for the outbox (see [`super::ledger`]), so
+//! nothing is posted that the ledger does not hold and nothing the ledger holds is left out.
 
 use super::inventory::Update;
 use super::ledger::Change;
@@ -85,7 +87,7 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
         let snap = app.state.load();
         let ts = crate::clicks::record::rfc3339_ms(now_ms);
         hooks
-            .order_records(topic, body, &snap.links, &ts, now_ms)
+            .order_records(topic, body, &snap.links, &ts, now_ms, app.payouts.is_some())
             .map(|mut out| {
                 for r in &mut out.records {
                     r["edge"] = Value::from(&*snap.edge);
@@ -95,7 +97,11 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             .map_err(|e| e.to_string())
     };
     match result {
-        Ok(OrderRecords { records, changes }) => {
+        Ok(OrderRecords {
+            records,
+            changes,
+            replayed,
+        }) => {
             claim.records = records;
             let records = &claim.records;
             // Encoded once: the stream and the payout system get the same bytes.
@@ -103,17 +109,20 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
                 .iter()
                 .map(|r| serde_json::to_vec(r).expect("a JSON value encodes"))
                 .collect();
-            // Payouts first, then the ledger (so a refund or cancellation, after a restart too,
-            // claws back against what was paid); the stream gets the records only once both
-            // are kept. If either write fails, nothing is applied and Shopify's retry makes the
-            // records again.
-            if let Err((what, e)) = keep(app, records, &encoded, changes).await {
-                // `claim` forgets the delivery and its records as it drops.
-                tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
-                return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
-            }
-            for e in &encoded {
-                app.recorder.emit(e);
+            // The ledger first, then the payout outbox; the stream gets the records once both
+            // are kept (a replay's only if the outbox took them now: else the stream had them).
+            let queued = match keep(app, records, &encoded, changes).await {
+                Ok(queued) => queued,
+                Err((what, e)) => {
+                    // `claim` forgets the delivery and its records as it drops.
+                    tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
+                    return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+                }
+            };
+            if !replayed || queued > 0 {
+                for e in &encoded {
+                    app.recorder.emit(e);
+                }
             }
             hooks.applied(delivery);
             claim.settled = true;
@@ -149,25 +158,15 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// Writes the commission records to the payout outbox (with payouts on) and the ledger
-/// changes to the ledger, each synced, off the request threads; the error names which failed.
+/// Writes the ledger changes to the commission ledger, then (with payouts on) the commission
+/// records to the payout outbox, each synced, off the request threads. Answers how many
+/// records the outbox queued (it skips those it knows); the error names which write failed.
 async fn keep(
     app: &App,
     records: &[Value],
     encoded: &[Vec<u8>],
     changes: Vec<Change>,
-) -> Result<(), (&'static str, std::io::Error)> {
-    if let Some(payouts) = &app.payouts {
-        let commissions: Vec<(Arc<str>, Bytes)> = records
-            .iter()
-            .zip(encoded)
-            .filter(|(r, _)| r["type"] == "commission")
-            .filter_map(|(r, e)| Some((r["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
-            .collect();
-        if !commissions.is_empty() {
-            payouts.enqueue(commissions).await.map_err(|e| ("payout outbox", e))?;
-        }
-    }
+) -> Result<usize, (&'static str, std::io::Error)> {
     if !changes.is_empty() {
         let ledger = app.webhooks.ledger.clone();
         tokio::task::spawn_blocking(move || ledger.apply(&changes))
@@ -176,7 +175,19 @@ async fn keep(
             .and_then(|r| r)
             .map_err(|e| ("commission ledger", e))?;
     }
-    Ok(())
+    let Some(payouts) = &app.payouts else {
+        return Ok(0);
+    };
+    let commissions: Vec<(Arc<str>, Bytes)> = records
+        .iter()
+        .zip(encoded)
+        .filter(|(r, _)| r["type"] == "commission")
+        .filter_map(|(r, e)| Some((r["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
+        .collect();
+    if commissions.is_empty() {
+        return Ok(0);
+    }
+    payouts.enqueue(commissions).await.map_err(|e| ("payout outbox", e))
 }
 
 #[cfg(test)]

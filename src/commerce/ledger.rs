@@ -9,6 +9,11 @@
 //! - Each clawback names what it was for (`cancelled`, `refund:<id>`), and one that is already
 //!   on the ledger is not taken again: a refund Shopify delivers again after a restart (the
 //!   delivery ids are remembered in memory only) takes nothing twice.
+//! - The ledger is written before the payout outbox, and each payment and clawback says
+//!   whether it was meant for the payout system (`payout`). Its commission record can then be
+//!   made again from the ledger when Shopify retries a delivery whose outbox write failed
+//!   (or was cut off by a crash): the outbox takes it if it does not know it yet. A commission
+//!   is never posted unless the ledger holds it, so a later refund claws back against it.
 //! - Append-only JSON Lines, `fdatasync`ed before the webhook is answered; a torn last line
 //!   (a crash mid-append, never answered 200) is cut at open, and Shopify delivers it again.
 
@@ -39,9 +44,23 @@ pub struct Entry {
     pub clawed_basis: i64,
     #[serde(default)]
     pub clawed: i64,
-    /// What the clawbacks were for (`cancelled`, `refund:<id>`), from the ledger's lines.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub clawed_for: Vec<String>,
+    /// Written while payouts were on: its commission record went to the payout outbox.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub payout: bool,
+    /// The clawbacks taken, from the ledger's `Clawed` lines.
+    #[serde(skip)]
+    pub clawbacks: Vec<Clawback>,
+}
+
+/// One clawback on the ledger (positive figures).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clawback {
+    /// `cancelled` or `refund:<id>`.
+    pub what: String,
+    pub basis: i64,
+    pub amount: i64,
+    /// Its (negative) commission record went to the payout outbox.
+    pub payout: bool,
 }
 
 impl Entry {
@@ -75,6 +94,9 @@ pub enum Change {
         /// `cancelled` or `refund:<id>`; absent on lines written before it was kept.
         #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
         what: Option<String>,
+        /// Written while payouts were on (absent on lines written before it was kept).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        payout: bool,
     },
 }
 
@@ -151,11 +173,19 @@ impl Ledger {
                 basis,
                 amount,
                 what,
+                payout,
             } => {
                 if let Some(mut e) = self.orders.get_mut(order) {
                     e.clawed_basis += basis;
                     e.clawed += amount;
-                    e.clawed_for.extend(what.clone());
+                    if let Some(what) = what {
+                        e.clawbacks.push(Clawback {
+                            what: what.clone(),
+                            basis: *basis,
+                            amount: *amount,
+                            payout: *payout,
+                        });
+                    }
                 }
             }
         }
@@ -179,7 +209,8 @@ mod tests {
             amount,
             clawed_basis: 0,
             clawed: 0,
-            clawed_for: Vec::new(),
+            payout: false,
+            clawbacks: Vec::new(),
         }
     }
 
@@ -212,6 +243,7 @@ mod tests {
             basis: 1000,
             amount: 100,
             what: Some("refund:77".into()),
+            payout: true,
         }])
         .unwrap();
         drop(l);
@@ -221,7 +253,13 @@ mod tests {
         let l = Ledger::open(&dir).unwrap();
         let e = l.get(9_007_199_254_740_995).unwrap();
         assert_eq!((e.clawed_basis, e.clawed, e.amount), (1000, 100, 500));
-        assert_eq!(e.clawed_for, ["refund:77"], "what it was for survives the reopen");
+        let want = Clawback {
+            what: "refund:77".into(),
+            basis: 1000,
+            amount: 100,
+            payout: true,
+        };
+        assert_eq!(e.clawbacks, [want], "what it was for survives the reopen");
         assert!(l.get(1).is_none());
         // A line written before clawbacks named what they were for still counts.
         l.apply(&[Change::Clawed {
@@ -229,6 +267,7 @@ mod tests {
             basis: 4000,
             amount: 400,
             what: None,
+            payout: false,
         }])
         .unwrap();
         let text = std::fs::read_to_string(dir.join(FILE)).unwrap();

@@ -83,7 +83,7 @@ impl Payouts {
 
     /// Queues `(commission_id, body)` records, synced to disk when this returns `Ok`; the
     /// caller answers the webhook only then. Runs the disk work off the async workers.
-    pub async fn enqueue(&self, records: Vec<(Arc<str>, Bytes)>) -> std::io::Result<()> {
+    pub async fn enqueue(&self, records: Vec<(Arc<str>, Bytes)>) -> std::io::Result<usize> {
         let outbox = self.outbox.clone();
         let done = tokio::task::spawn_blocking(move || outbox.enqueue(&records))
             .await
@@ -98,7 +98,7 @@ impl Payouts {
                 if e.queued > 0 {
                     self.wake.notify_one();
                 }
-                Ok(())
+                Ok(e.queued)
             }
             Err(e) => {
                 m.outbox_errors.increment(1);

@@ -52,6 +52,10 @@ pub struct Webhooks {
 pub struct OrderRecords {
     pub records: Vec<Value>,
     pub changes: Vec<Change>,
+    /// The ledger already held these: the records were made again from it for the payout
+    /// outbox, which may not have them (its write failed after the ledger's, or a crash came
+    /// in between). They go to the stream only if the outbox takes them now.
+    pub replayed: bool,
 }
 
 /// What [`Webhooks::first_delivery`] knows of a delivery id.
@@ -241,7 +245,8 @@ impl Webhooks {
 
     /// Records for one order or refund topic (none when already emitted), and the ledger
     /// changes they stand for. Clawbacks are taken against the ledger: never more than was
-    /// paid, and nothing for an order it has no paid commission for.
+    /// paid, and nothing for an order it has no paid commission for. `payouts`: the changes
+    /// are marked as meant for the payout outbox.
     pub fn order_records(
         &self,
         topic: &str,
@@ -249,6 +254,7 @@ impl Webhooks {
         table: &LinkTable,
         ts: &str,
         now_ms: u64,
+        payouts: bool,
     ) -> Result<OrderRecords, WebhookError> {
         let bad = |e: serde_json::Error| WebhookError::BadPayload(e.to_string());
         let mut out = OrderRecords::default();
@@ -262,15 +268,27 @@ impl Webhooks {
                     .or(order.subtotal_price.as_deref())
                     .unwrap_or("0");
                 let subtotal = to_minor(subtotal, &currency).map_err(WebhookError::BadPayload)?;
-                // The ledger outlives restarts: an order it holds was paid (and its records
-                // sent) before, whatever this process remembers.
-                if !self.once(order.id, "paid", now_ms) || self.ledger.holds(order.id) {
+                if !self.once(order.id, "paid", now_ms) {
                     return Ok(out);
                 }
                 let attribution = attribute(&order, table);
+                // The ledger outlives restarts: an order it holds was paid before, whatever
+                // this process remembers. Its commission is offered to the payout outbox again
+                // (with the conversion, for the stream if the outbox takes it).
+                if let Some(paid) = self.ledger.get(order.id) {
+                    if paid.payout {
+                        out.replayed = true;
+                        out.records
+                            .push(conversion(&order, &attribution, subtotal, &currency, ts));
+                        out.records
+                            .push(commission(order.id, "paid", &paid, paid.basis, paid.amount, ts));
+                    }
+                    return Ok(out);
+                }
                 out.records
                     .push(conversion(&order, &attribution, subtotal, &currency, ts));
-                if let Some(paid) = paid_entry(&attribution, subtotal, &currency) {
+                if let Some(mut paid) = paid_entry(&attribution, subtotal, &currency) {
+                    paid.payout = payouts;
                     out.records
                         .push(commission(order.id, "paid", &paid, paid.basis, paid.amount, ts));
                     out.changes.push(Change::Paid { order: order.id, paid });
@@ -281,7 +299,7 @@ impl Webhooks {
                 if !self.once(order.id, "cancelled", now_ms) {
                     return Ok(out);
                 }
-                out.claw_back(&self.ledger, order.id, "cancelled", None, ts);
+                out.claw_back(&self.ledger, order.id, "cancelled", None, ts, payouts);
             }
             "refunds/create" => {
                 let refund: Refund = serde_json::from_slice(body).map_err(bad)?;
@@ -294,7 +312,7 @@ impl Webhooks {
                 if !self.once(refund.order_id, &what, now_ms) {
                     return Ok(out);
                 }
-                out.claw_back(&self.ledger, refund.order_id, &what, Some(basis), ts);
+                out.claw_back(&self.ledger, refund.order_id, &what, Some(basis), ts, payouts);
             }
             _ => {}
         }
@@ -304,12 +322,19 @@ impl Webhooks {
 
 impl OrderRecords {
     /// A negative commission for what `basis` (`None`: all that is left) takes back.
-    fn claw_back(&mut self, ledger: &Ledger, order: u64, what: &str, basis: Option<i64>, ts: &str) {
+    fn claw_back(&mut self, ledger: &Ledger, order: u64, what: &str, basis: Option<i64>, ts: &str, payouts: bool) {
         let Some(paid) = ledger.get(order) else {
             return;
         };
-        // Already on the ledger: Shopify delivered it again after this process forgot it.
-        if paid.clawed_for.iter().any(|w| w == what) {
+        // Already on the ledger: Shopify delivered it again after this process forgot it (or
+        // after the outbox write that followed the ledger's failed). Offered to the outbox
+        // again, as taken then.
+        if let Some(c) = paid.clawbacks.iter().find(|c| c.what == what) {
+            if c.payout {
+                self.replayed = true;
+                self.records
+                    .push(commission(order, what, &paid, -c.basis, -c.amount, ts));
+            }
             return;
         }
         let (basis, amount) = paid.clawback(basis);
@@ -322,6 +347,7 @@ impl OrderRecords {
             basis,
             amount,
             what: Some(what.into()),
+            payout: payouts,
         });
     }
 }
@@ -410,7 +436,8 @@ fn paid_entry(a: &Attribution, basis: i64, currency: &str) -> Option<Entry> {
         amount,
         clawed_basis: 0,
         clawed: 0,
-        clawed_for: Vec::new(),
+        payout: false,
+        clawbacks: Vec::new(),
     })
 }
 
@@ -484,7 +511,7 @@ mod tests {
         );
         // As the webhook does: the records, then their ledger changes once they are kept.
         let run = |topic: &str, body: &str| {
-            let out = w.order_records(topic, body.as_bytes(), &table, "t", 0).unwrap();
+            let out = w.order_records(topic, body.as_bytes(), &table, "t", 0, false).unwrap();
             w.ledger.apply(&out.changes).unwrap();
             out.records
         };
@@ -519,7 +546,7 @@ mod tests {
             (Some(-100), Some(-999), Some("jane"))
         );
         let out = w
-            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0)
+            .order_records("orders/cancelled", by_click.as_bytes(), &table, "t", 0, false)
             .unwrap();
         assert_eq!(
             (
@@ -528,7 +555,7 @@ mod tests {
             ),
             (Some(-100), Some(-996))
         );
-        // Forgotten records (their outbox write failed, so their changes were not applied)
+        // Forgotten records (their ledger write failed, so their changes were not applied)
         // are made again, the same, by the retry.
         w.forget_records(&out.records);
         let again = run("orders/cancelled", &by_click);
@@ -548,6 +575,51 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_the_outbox_write_failed_makes_the_records_again_from_the_ledger() {
+        let table = crate::links::parse(LINKS, "t", &crate::links::signature::demo()).unwrap();
+        let w = Webhooks::new(&["s".into()], Ledger::in_memory());
+        let jane = r#"{"id":7,"currency":"USD","current_subtotal_price":"19.95","discount_codes":[{"code":"JANE15"}]}"#;
+        let refund = r#"{"id":70,"order_id":7,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"9.99","currency_code":"USD"}}}]}"#;
+        // As the webhook does when the ledger takes the changes and the outbox then fails:
+        // the records are forgotten and Shopify retries.
+        let attempt = |topic: &str, body: &str, payouts: bool| {
+            let out = w
+                .order_records(topic, body.as_bytes(), &table, "t", 0, payouts)
+                .unwrap();
+            w.ledger.apply(&out.changes).unwrap();
+            w.forget_records(&out.records);
+            out
+        };
+        let first = attempt("orders/paid", jane, true);
+        assert!(!first.replayed);
+        assert_eq!(first.records[1]["amount_minor"], 200);
+        let retry = attempt("orders/paid", jane, true);
+        assert!(
+            retry.replayed && retry.changes.is_empty(),
+            "the ledger is not written twice"
+        );
+        assert_eq!(retry.records.len(), 2, "the conversion and the commission");
+        assert_eq!(
+            retry.records[1], first.records[1],
+            "the same commission, from the ledger"
+        );
+
+        let first = attempt("refunds/create", refund, true);
+        assert_eq!(first.records[0]["amount_minor"], -100);
+        let retry = attempt("refunds/create", refund, true);
+        assert!(retry.replayed && retry.changes.is_empty());
+        assert_eq!(retry.records, first.records);
+        assert_eq!(w.ledger.get(7).unwrap().clawed, 100, "clawed back once");
+
+        // Paid while payouts were off: nothing was meant for the outbox, nothing is offered.
+        let sam = r#"{"id":8,"currency":"USD","current_subtotal_price":"10.00","discount_codes":[{"code":"SAM10"}]}"#;
+        assert_eq!(attempt("orders/paid", sam, false).records.len(), 2);
+        let retry = attempt("orders/paid", sam, true);
+        assert!(retry.records.is_empty() && !retry.replayed);
+        assert!(w.ledger.get(8).is_some_and(|e| !e.payout));
+    }
+
+    #[test]
     fn the_first_clicks_link_wins_and_an_unknown_link_falls_back_to_the_code() {
         let table = crate::links::parse(LINKS, "t", &crate::links::signature::demo()).unwrap();
         let w = Webhooks::new(&["s".into()], Ledger::in_memory());
@@ -556,7 +628,7 @@ mod tests {
                 r#"{{"id":{id},"currency":"USD","current_subtotal_price":"10.00","note_attributes":[{{"name":"cl_click","value":"0192f3a1-7c2e-7b3d-9f00-5a1b2c3d4e5f"}},{attrs}],"discount_codes":[{{"code":"SAM10"}}]}}"#
             );
             let r = w
-                .order_records("orders/paid", body.as_bytes(), &table, "t", 0)
+                .order_records("orders/paid", body.as_bytes(), &table, "t", 0, false)
                 .unwrap()
                 .records;
             (r[0]["attribution"].clone(), r[0]["creator"].clone())

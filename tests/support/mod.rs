@@ -819,6 +819,63 @@ pub fn nats_addr() -> String {
 
 /// Says that a test was skipped, on the real stderr (not the captured one), so `cargo test`
 /// shows it even when the test passes.
+/// A small tmpfs mounted over a directory, to run a disk out of space; unmounted (and the
+/// directory's parent removed) when the test ends, pass or fail.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`64k`) over `dir` (created). Where that is refused (not
+    /// root) the test is skipped, saying so; under CI (`CI=true`, root) it fails instead.
+    pub fn mount(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("cannot mount a tmpfs (CI runs as root; {test} must run there)");
+            }
+            say_skipped(
+                test,
+                "`mount -t tmpfs` failed (not root?); under CI=true this fails instead",
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Fills what is left of it with a file (`fill`), until the kernel says ENOSPC.
+    pub fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("fill")).unwrap();
+        let block = [0u8; 4096];
+        loop {
+            match f.write_all(&block) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+        let _ = f.sync_all();
+    }
+
+    /// Frees the space [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.0.join("fill")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
+}
+
 pub fn say_skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
