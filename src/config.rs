@@ -236,6 +236,9 @@ pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
     /// Largest request head (request line + headers); larger gets 431.
     pub max_header_bytes: usize,
+    /// Longest HTTP/1 request line (method, target, version) on the public listeners; longer
+    /// gets 414. Below `max_header_bytes`, which would otherwise answer 431 first.
+    pub max_uri_bytes: usize,
     pub max_headers: usize,
     /// A connection with nothing read or written for this long is closed.
     pub keepalive_idle_ms: u64,
@@ -339,6 +342,7 @@ impl Default for HttpConfig {
         HttpConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 16 << 10,
+            max_uri_bytes: 8 << 10,
             max_headers: 64,
             keepalive_idle_ms: 75_000,
             h2_max_concurrent_streams: 128,
@@ -633,6 +637,9 @@ impl Config {
         }
         if self.http.max_header_bytes < 8192 {
             errs.push("http.max_header_bytes must be at least 8192".into());
+        }
+        if self.http.max_uri_bytes < 1024 || self.http.max_uri_bytes >= self.http.max_header_bytes {
+            errs.push("http.max_uri_bytes must be at least 1024 and below http.max_header_bytes".into());
         }
         if self.http.max_headers == 0 || self.http.header_read_timeout_ms == 0 {
             errs.push("http.max_headers and http.header_read_timeout_ms must be above 0".into());

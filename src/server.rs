@@ -16,6 +16,7 @@
 //! once, except `/healthz`.
 
 pub mod io;
+pub mod request_line;
 pub mod tls;
 
 use crate::admin;
@@ -208,6 +209,8 @@ struct Listener {
     max_connections: usize,
     timeouts: io::Timeouts,
     send_buffer: usize,
+    /// Longest HTTP/1 request line (public listeners); longer gets 414.
+    max_request_line: Option<usize>,
 }
 
 impl Listener {
@@ -231,6 +234,7 @@ impl Listener {
                 head: head_in_io.then(|| Duration::from_millis(http.header_read_timeout_ms)),
             },
             send_buffer: http.socket_send_buffer_bytes,
+            max_request_line: head_in_io.then_some(http.max_uri_bytes),
         }
     }
 }
@@ -299,6 +303,7 @@ async fn accept_loop<S, F>(
         let builder = builder.clone();
         match &l.tls {
             None => {
+                let stream = request_line::RequestLine::new(stream, l.max_request_line);
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = watcher.watch(conn);
                 tokio::spawn(async move {
@@ -308,12 +313,14 @@ async fn accept_loop<S, F>(
             }
             Some(tls) => {
                 let tls = tls.clone();
+                let max_request_line = l.max_request_line;
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor().accept(stream)).await;
                     let Ok(Ok(mut stream)) = handshake else {
                         return;
                     };
                     stream.get_mut().0.await_request();
+                    let stream = request_line::RequestLine::new(stream, max_request_line);
                     // ALPN chose h2 or http/1.1; the auto builder reads the preface either way.
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(conn).await;

@@ -5,7 +5,10 @@
 //! No latency thresholds here (they live in `loadtest/`); deadlines below only bound how long
 //! a test waits for something that must happen.
 
+#[path = "support/oracle.rs"]
+mod oracle;
 mod support;
+use oracle::{raw_exchange, status_of};
 use support::*;
 
 use bytes::Bytes;
@@ -500,4 +503,59 @@ fn admin_paths_asked_with_another_method_are_405_with_allow() {
     // Still 401 before anything else without the token.
     let r = request(s.admin, "DELETE", "/admin/reload", &[], b"");
     assert_eq!(r.status, 401);
+}
+
+/// A link with a query making its request line (`GET <target> HTTP/1.1`) `line` bytes long.
+fn target_of_line(line: usize) -> String {
+    let base = format!("{}?fbclid=", path_for("kit"));
+    let pad = line - "GET ".len() - " HTTP/1.1".len() - base.len();
+    format!("{base}{}", "a".repeat(pad))
+}
+
+/// The fault matrix's "Oversized headers / URI" row: 414 for a URI past the limit (8 KiB by
+/// default), where hyper would answer 431; a long header is still 431; HTTP/2 is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_past_the_limit_gets_414_on_plain_and_tls() {
+    let (s, der) = tls_server("edge-414");
+    // At the limit: served. Past it, on a keep-alive connection after a request: 414, closed.
+    let mut conn = Conn::open(s.public).unwrap();
+    let at_limit = conn.get(&target_of_line(8192), IPHONE).unwrap();
+    assert_eq!(at_limit.status, 302);
+    let r = conn.get(&target_of_line(8193), IPHONE).unwrap();
+    assert_eq!(r.status, 414, "{}", r.body_text());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(conn.get("/healthz", IPHONE).is_err(), "closed after the 414");
+    // A 70,000-byte URI, sent whole: the answer arrives (the rest is read and dropped, so
+    // the close is not a reset that loses it).
+    let raw = raw_exchange(
+        s.public,
+        format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", target_of_line(70_000)).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status_of(&raw), Some(414), "{:?}", String::from_utf8_lossy(&raw));
+    // A long header (the request line is short) is hyper's 431, as before.
+    let raw = raw_exchange(
+        s.public,
+        format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000)).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status_of(&raw), Some(431));
+
+    // TLS, HTTP/1.1: the same 414.
+    let addr = s.tls.expect("tls listener");
+    let stream = connect(addr, &[&der], b"http/1.1").await.unwrap();
+    let (mut h1, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let req = http::Request::get(target_of_line(9000))
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h1.send_request(req).await.unwrap().status(), 414);
+    // TLS, HTTP/2: a 9 KiB path fits the header list and is served (no request line there).
+    let mut h2 = h2_client(connect(addr, &[&der], b"h2").await.unwrap()).await;
+    let (status, _) = h2_get(&mut h2, &target_of_line(9000)).await;
+    assert_eq!(status, 302);
+    assert_eq!(h2_get(&mut h2, "/healthz").await.0, 200);
 }
