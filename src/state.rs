@@ -162,7 +162,7 @@ impl App {
             Ledger::open(&dir).map_err(|e| format!("commission ledger {}: {e}", dir.display()))?
         };
         let payouts = match &settings.payout {
-            Some(p) => Some(Payouts::start(p, &settings.data_dir, metrics.payout.clone())?),
+            Some(p) => Some(Payouts::start(p, &settings.data_dir, metrics.payout.clone(), &ledger)?),
             None => None,
         };
         Ok(App {

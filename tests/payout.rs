@@ -421,8 +421,6 @@ fn clawbacks_after_a_restart_take_back_exactly_what_was_paid() {
     assert_eq!(paid_records, 1, "the payment delivered again is not streamed again");
 }
 
-/// A 404 or a 401 says the endpoint (or the proxy before it) is wrong, not the record:
-/// retried until it is right, never dead-lettered.
 /// A server paying out to `rx` whose `data/<sub>` directory is a small tmpfs, already full.
 fn with_full_disk(name: &str, sub: &str, rx: &Receiver) -> Option<(Tmpfs, Server)> {
     let dir = scratch(name);
@@ -474,20 +472,21 @@ fn a_commission_the_outbox_could_not_take_is_posted_once_on_the_retry() {
         return;
     };
     let paid = order(62, "19.95", "JANE15");
-    let deliver = || deliver_webhook(&s, ORDERS, "orders/paid", "w-62", paid.as_bytes(), SHOP_SECRET);
-    assert_eq!(deliver(), 503, "the outbox is full: Shopify must retry");
-    // The ledger took it first; the retry makes the commission again from it.
+    let deliver = |s: &Server, id: &str| deliver_webhook(s, ORDERS, "orders/paid", id, paid.as_bytes(), SHOP_SECRET);
+    assert_eq!(deliver(&s, "w-62"), 503, "the outbox is full: Shopify must retry");
+    // The ledger took it first (and the stream got the records then).
     let ledger = std::fs::read_to_string(s.dir.join("data/commerce/ledger.jsonl")).unwrap();
     assert!(
         ledger.contains(r#""order":62"#) && ledger.contains(r#""payout":true"#),
         "{ledger}"
     );
+    stream_line(&s, "shopify:62:paid");
     std::thread::sleep(Duration::from_millis(500));
     assert!(rx.got().is_empty());
-    assert_eq!(in_stream(&s, "conversion_id", "shopify:62"), 0, "not before it is kept");
 
+    // The retry makes the commission again from the ledger; the outbox takes it now.
     disk.free();
-    assert_eq!(deliver(), 200);
+    assert_eq!(deliver(&s, "w-62"), 200);
     let got = rx.wait_taken(1);
     assert_eq!(
         (got[0].idempotency_key.as_str(), got[0].json()["amount_minor"].as_i64()),
@@ -496,20 +495,89 @@ fn a_commission_the_outbox_could_not_take_is_posted_once_on_the_retry() {
     assert_eq!(
         String::from_utf8_lossy(&got[0].body),
         String::from_utf8_lossy(&stream_line(&s, "shopify:62:paid")),
-        "the stream got the records the retry made"
+        "the stream's last copy is the record posted"
     );
-    assert_eq!(in_stream(&s, "conversion_id", "shopify:62"), 1);
-    // A second retry (Shopify delivers at least once) queues and streams nothing again.
+    // In the stream twice (same ids): once when the ledger took it, once when the outbox did.
+    assert_eq!(in_stream(&s, "conversion_id", "shopify:62"), 2);
+    assert_eq!(in_stream(&s, "commission_id", "shopify:62:paid"), 2);
+
+    // After a restart Shopify delivers the order again: made again, known to the outbox, so
+    // neither posted nor streamed again.
+    let s = restart(s, "payout-outbox-full-2", &rx.url());
+    assert_eq!(deliver(&s, "w-62b"), 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rx.got().len(), 1, "posted once");
+    assert_eq!(s.metric("cartlink_payout_queued_total"), 0.0);
+    assert_eq!(s.metric("cartlink_payout_duplicates_total"), 1.0);
     assert_eq!(
-        deliver_webhook(&s, ORDERS, "orders/paid", "w-62b", paid.as_bytes(), SHOP_SECRET),
+        in_stream(&s, "commission_id", "shopify:62:paid"),
+        2,
+        "not streamed again"
+    );
+}
+
+#[test]
+fn a_crash_between_the_ledger_and_the_outbox_is_mended_at_start_up() {
+    let rx = Receiver::start(&[]);
+    let Some((disk, mut s)) = with_full_disk("payout-crash", "payout", &rx) else {
+        return;
+    };
+    let refund = br#"{"id":630,"order_id":63,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"10.00","currency_code":"USD"}}}]}"#;
+    // Paid while the outbox's disk is full; a refund too. Both are on the ledger, neither in
+    // the outbox, and Shopify never gets to retry: the process is killed.
+    assert_eq!(
+        deliver_webhook(
+            &s,
+            ORDERS,
+            "orders/paid",
+            "w-63",
+            order(63, "50.00", "JANE15").as_bytes(),
+            SHOP_SECRET
+        ),
+        503
+    );
+    assert_eq!(
+        deliver_webhook(&s, ORDERS, "refunds/create", "w-630", refund, SHOP_SECRET),
+        503
+    );
+    s.signal("KILL");
+    s.wait_exit(Duration::from_secs(10));
+    disk.free();
+    let dir = dir_for_restart(s, "payout-crash-2", LINKS);
+    drop(disk);
+    let env = env_for(&rx.url());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_in(dir, &env);
+    // The start-up check finds both on the ledger and queues them, the payment first.
+    let got = rx.wait_taken(2);
+    let posted: Vec<(String, Option<i64>)> = got
+        .iter()
+        .map(|g| (g.idempotency_key.clone(), g.json()["amount_minor"].as_i64()))
+        .collect();
+    assert_eq!(
+        posted,
+        [
+            ("shopify:63:paid".to_string(), Some(500)),
+            ("shopify:63:refund:630".to_string(), Some(-100))
+        ]
+    );
+    assert!(
+        s.stderr().contains("queued commissions the ledger holds"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(s.metric("cartlink_payout_queued_total"), 2.0);
+    // Shopify's retry after that finds them known.
+    assert_eq!(
+        deliver_webhook(&s, ORDERS, "refunds/create", "w-630", refund, SHOP_SECRET),
         200
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(rx.got().len(), 1, "posted once");
-    assert_eq!(s.metric("cartlink_payout_queued_total"), 1.0);
-    assert_eq!(in_stream(&s, "commission_id", "shopify:62:paid"), 1);
+    assert_eq!(rx.got().len(), 2);
 }
 
+/// A 404 or a 401 says the endpoint (or the proxy before it) is wrong, not the record:
+/// retried until it is right, never dead-lettered.
 #[test]
 fn a_404_or_401_is_retried_not_dead_lettered() {
     let (rx, s) = with_receiver("payout-404", &[Act::Status(404), Act::Status(401)]);

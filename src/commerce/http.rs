@@ -1,15 +1,20 @@
 //! `POST /webhooks/shopify/orders` and `POST /webhooks/shopify/inventory` on the public
 //! listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
-//! Answered as soon as the records are kept (well inside Shopify's 5 s): the ledger changes
-//! synced to the commission ledger, then, with payouts on, the commission records synced into
-//! the payout outbox, never after the payout system answers. If the ledger cannot take them,
-//! 503 and nothing is applied. If the outbox cannot, 503 too: the ledger holds them, and
-//! Shopify's retry makes the records again from it for the outbox (see [`super::ledger`]), so
-//! nothing is posted that the ledger does not hold and nothing the ledger holds is left out.
-
+//! Answered as soon as the records are kept (well inside Shopify's 5 s), never after the payout
+//! system answers:
+//!
+//! 1. the ledger changes, synced to the commission ledger; if that fails, 503 and nothing is
+//!    applied;
+//! 2. the records, to the stream;
+//! 3. with payouts on, the commission records, synced into the payout outbox. If that fails,
+//!    503: the ledger holds them, and Shopify's retry makes them again from it (see
+//!    [`super::webhooks::Made::again`]; a restart does too, see [`super::payout`]). Nothing is
+//!    posted that the ledger does not hold. A record made again reaches the stream only if the
+//!    outbox queues it now; one whose outbox write failed after step 2 is in the stream twice
+//!    (same id).
 use super::inventory::Update;
 use super::ledger::Change;
-use super::webhooks::{OrderRecords, Seen, WebhookError};
+use super::webhooks::{Made, OrderRecords, Seen, WebhookError};
 use crate::redirect::Body;
 use crate::state::App;
 use bytes::Bytes;
@@ -58,6 +63,7 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             delivery,
             records: Vec::new(),
             settled: false,
+            _orders: None,
         },
         Seen::Applied => {
             m.duplicate.increment(1);
@@ -72,12 +78,11 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             );
         }
     };
-    // Orders deliveries one at a time, from reading the commission ledger to writing it.
-    let _orders = if inventory {
-        None
-    } else {
-        Some(hooks.orders.lock().await)
-    };
+    // Orders deliveries one at a time, from reading the commission ledger to writing it (held
+    // by the claim, so a failed delivery is forgotten before the next one reads).
+    if !inventory {
+        claim._orders = Some(hooks.orders.lock().await);
+    }
     let result = if inventory {
         serde_json::from_slice::<Update>(body)
             .map_err(|e| e.to_string())
@@ -89,40 +94,20 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
         hooks
             .order_records(topic, body, &snap.links, &ts, now_ms, app.payouts.is_some())
             .map(|mut out| {
-                for r in &mut out.records {
-                    r["edge"] = Value::from(&*snap.edge);
+                for m in &mut out.records {
+                    m.record["edge"] = Value::from(&*snap.edge);
                 }
                 out
             })
             .map_err(|e| e.to_string())
     };
     match result {
-        Ok(OrderRecords {
-            records,
-            changes,
-            replayed,
-        }) => {
+        Ok(OrderRecords { records, changes }) => {
             claim.records = records;
-            let records = &claim.records;
-            // Encoded once: the stream and the payout system get the same bytes.
-            let encoded: Vec<Vec<u8>> = records
-                .iter()
-                .map(|r| serde_json::to_vec(r).expect("a JSON value encodes"))
-                .collect();
-            // The ledger first, then the payout outbox; the stream gets the records once both
-            // are kept (a replay's only if the outbox took them now: else the stream had them).
-            let queued = match keep(app, records, &encoded, changes).await {
-                Ok(queued) => queued,
-                Err((what, e)) => {
-                    // `claim` forgets the delivery and its records as it drops.
-                    tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
-                    return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
-                }
-            };
-            if !replayed || queued > 0 {
-                for e in &encoded {
-                    app.recorder.emit(e);
-                }
+            if let Err((what, e)) = keep(app, &claim.records, changes).await {
+                // `claim` forgets the delivery and its records as it drops.
+                tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
+                return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
             }
             hooks.applied(delivery);
             claim.settled = true;
@@ -142,11 +127,13 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
 /// the records it made, so Shopify's retry applies it: after a refused write, and also when
 /// the request is dropped half-way (Shopify hung up at its 5 s limit, or a deadline closed
 /// the connection), which would otherwise leave the id "under way" for the whole window.
+/// An orders delivery holds the orders lock here, released only after that.
 struct Claim<'a> {
     hooks: &'a super::webhooks::Webhooks,
     delivery: &'a str,
-    records: Vec<Value>,
+    records: Vec<Made>,
     settled: bool,
+    _orders: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
 impl Drop for Claim<'_> {
@@ -155,18 +142,14 @@ impl Drop for Claim<'_> {
             self.hooks.forget_records(&self.records);
             self.hooks.forget_delivery(self.delivery);
         }
+        // `_orders` is released after this, with the other fields.
     }
 }
 
-/// Writes the ledger changes to the commission ledger, then (with payouts on) the commission
-/// records to the payout outbox, each synced, off the request threads. Answers how many
-/// records the outbox queued (it skips those it knows); the error names which write failed.
-async fn keep(
-    app: &App,
-    records: &[Value],
-    encoded: &[Vec<u8>],
-    changes: Vec<Change>,
-) -> Result<usize, (&'static str, std::io::Error)> {
+/// Keeps a delivery's records, in the order the module's top describes: the ledger, the
+/// stream, the payout outbox, and then the records made again that the outbox queued now.
+/// The error names the write that failed.
+async fn keep(app: &App, records: &[Made], changes: Vec<Change>) -> Result<(), (&'static str, std::io::Error)> {
     if !changes.is_empty() {
         let ledger = app.webhooks.ledger.clone();
         tokio::task::spawn_blocking(move || ledger.apply(&changes))
@@ -175,19 +158,35 @@ async fn keep(
             .and_then(|r| r)
             .map_err(|e| ("commission ledger", e))?;
     }
+    // Encoded once: the stream and the payout system get the same bytes.
+    let encoded: Vec<Vec<u8>> = records
+        .iter()
+        .map(|m| serde_json::to_vec(&m.record).expect("a JSON value encodes"))
+        .collect();
+    for (m, e) in records.iter().zip(&encoded) {
+        if m.again.is_none() {
+            app.recorder.emit(e);
+        }
+    }
     let Some(payouts) = &app.payouts else {
-        return Ok(0);
+        return Ok(());
     };
     let commissions: Vec<(Arc<str>, Bytes)> = records
         .iter()
-        .zip(encoded)
-        .filter(|(r, _)| r["type"] == "commission")
-        .filter_map(|(r, e)| Some((r["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
+        .zip(&encoded)
+        .filter(|(m, _)| m.payout)
+        .filter_map(|(m, e)| Some((m.record["commission_id"].as_str()?.into(), Bytes::copy_from_slice(e))))
         .collect();
     if commissions.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
-    payouts.enqueue(commissions).await.map_err(|e| ("payout outbox", e))
+    let queued = payouts.enqueue(commissions).await.map_err(|e| ("payout outbox", e))?;
+    for (m, e) in records.iter().zip(&encoded) {
+        if m.again.as_deref().is_some_and(|id| queued.iter().any(|q| &**q == id)) {
+            app.recorder.emit(e);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,6 +204,7 @@ mod tests {
             delivery: "d-1",
             records: Vec::new(),
             settled: false,
+            _orders: None,
         };
         assert_eq!(hooks.first_delivery("d-1", 1000), Seen::UnderWay);
         // The request's future dropped half-way (the client hung up).
@@ -215,6 +215,7 @@ mod tests {
             delivery: "d-1",
             records: Vec::new(),
             settled: false,
+            _orders: None,
         };
         hooks.applied("d-1");
         claim.settled = true;

@@ -11,9 +11,10 @@
 //!   delivery ids are remembered in memory only) takes nothing twice.
 //! - The ledger is written before the payout outbox, and each payment and clawback says
 //!   whether it was meant for the payout system (`payout`). Its commission record can then be
-//!   made again from the ledger when Shopify retries a delivery whose outbox write failed
-//!   (or was cut off by a crash): the outbox takes it if it does not know it yet. A commission
-//!   is never posted unless the ledger holds it, so a later refund claws back against it.
+//!   made again from the ledger when Shopify retries a delivery whose outbox write failed (or
+//!   was cut off by a crash), and at start-up for any the outbox does not know: the outbox
+//!   takes it if it does not know it yet. A commission is never posted unless the ledger
+//!   holds it, so a later refund claws back against it.
 //! - Append-only JSON Lines, `fdatasync`ed before the webhook is answered; a torn last line
 //!   (a crash mid-append, never answered 200) is cut at open, and Shopify delivers it again.
 
@@ -44,9 +45,10 @@ pub struct Entry {
     pub clawed_basis: i64,
     #[serde(default)]
     pub clawed: i64,
-    /// Written while payouts were on: its commission record went to the payout outbox.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub payout: bool,
+    /// Whether payouts were on when it was written (its commission record then went to the
+    /// payout outbox, after the ledger); `None` on lines written before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout: Option<bool>,
     /// The clawbacks taken, from the ledger's `Clawed` lines.
     #[serde(skip)]
     pub clawbacks: Vec<Clawback>,
@@ -59,8 +61,8 @@ pub struct Clawback {
     pub what: String,
     pub basis: i64,
     pub amount: i64,
-    /// Its (negative) commission record went to the payout outbox.
-    pub payout: bool,
+    /// Its (negative) commission record was for the payout outbox; `None`: not known.
+    pub payout: Option<bool>,
 }
 
 impl Entry {
@@ -94,9 +96,9 @@ pub enum Change {
         /// `cancelled` or `refund:<id>`; absent on lines written before it was kept.
         #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
         what: Option<String>,
-        /// Written while payouts were on (absent on lines written before it was kept).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        payout: bool,
+        /// Its record was for the payout outbox (absent on lines written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payout: Option<bool>,
     },
 }
 
@@ -136,6 +138,16 @@ impl Ledger {
     /// True when `order` paid a commission (its records were sent then).
     pub fn holds(&self, order: u64) -> bool {
         self.orders.contains_key(&order)
+    }
+
+    /// The payments written while payouts were on, with their orders: what the payout
+    /// outbox must know (see [`crate::commerce::payout`]'s start-up check).
+    pub fn for_payout(&self) -> Vec<(u64, Entry)> {
+        self.orders
+            .iter()
+            .filter(|e| e.payout == Some(true))
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect()
     }
 
     pub fn get(&self, order: u64) -> Option<Entry> {
@@ -209,7 +221,7 @@ mod tests {
             amount,
             clawed_basis: 0,
             clawed: 0,
-            payout: false,
+            payout: None,
             clawbacks: Vec::new(),
         }
     }
@@ -243,7 +255,7 @@ mod tests {
             basis: 1000,
             amount: 100,
             what: Some("refund:77".into()),
-            payout: true,
+            payout: Some(true),
         }])
         .unwrap();
         drop(l);
@@ -257,7 +269,7 @@ mod tests {
             what: "refund:77".into(),
             basis: 1000,
             amount: 100,
-            payout: true,
+            payout: Some(true),
         };
         assert_eq!(e.clawbacks, [want], "what it was for survives the reopen");
         assert!(l.get(1).is_none());
@@ -267,7 +279,7 @@ mod tests {
             basis: 4000,
             amount: 400,
             what: None,
-            payout: false,
+            payout: None,
         }])
         .unwrap();
         let text = std::fs::read_to_string(dir.join(FILE)).unwrap();

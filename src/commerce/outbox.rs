@@ -74,7 +74,8 @@ pub struct Opened {
 /// What one [`Outbox::enqueue`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Enqueued {
-    pub queued: usize,
+    /// The ids queued now, in order.
+    pub queued: Vec<Arc<str>>,
     /// Ids already known (queued, delivered or dead-lettered before): not queued again.
     pub duplicates: usize,
 }
@@ -204,9 +205,14 @@ impl Outbox {
                 id: id.clone(),
                 body: body.clone(),
             });
-            out.queued += 1;
+            out.queued.push(id.clone());
         }
         Ok(out)
+    }
+
+    /// Whether `id` was ever queued (pending, delivered or dead-lettered).
+    pub fn knows(&self, id: &str) -> bool {
+        self.lock().known.contains_key(id)
     }
 
     /// The oldest pending record.
@@ -347,7 +353,7 @@ mod tests {
         assert_eq!(
             r,
             Enqueued {
-                queued: 2,
+                queued: vec!["shopify:1:paid".into(), "shopify:2:paid".into()],
                 duplicates: 1
             }
         );
@@ -369,7 +375,7 @@ mod tests {
         assert_eq!(
             o.enqueue(&[record(1), record(2), record(3), record(4)]).unwrap(),
             Enqueued {
-                queued: 1,
+                queued: vec!["shopify:4:paid".into()],
                 duplicates: 3
             },
             "delivered, dead and queued ids are all known after a restart"
@@ -416,7 +422,7 @@ mod tests {
         assert_eq!(ids(&o), ["shopify:1:paid"], "nothing of the failed call is queued");
         o.lock().journal.file = journal;
         assert_eq!(
-            o.enqueue(&[record(2)]).unwrap().queued,
+            o.enqueue(&[record(2)]).unwrap().queued.len(),
             1,
             "and it is not taken as known"
         );
@@ -466,7 +472,7 @@ mod tests {
                         for (id, _) in &recs {
                             if known.insert(id.to_string()) {
                                 pending.push_back(id.to_string());
-                                want.queued += 1;
+                                want.queued.push(id.clone());
                             } else {
                                 want.duplicates += 1;
                             }

@@ -20,6 +20,7 @@
 //! - Shutdown drops a POST in flight; the record is still pending in the outbox and is sent
 //!   after the restart (with the same `Idempotency-Key`).
 
+use super::ledger::Ledger;
 use super::outbox::{Outbox, Pending};
 use crate::clicks::http_sink::{client, exchange, HttpClient};
 use crate::clicks::retry::Backoff;
@@ -46,7 +47,14 @@ pub struct Payouts {
 impl Payouts {
     /// Opens the outbox under `data_dir/payout` and starts the sender thread. Nothing connects
     /// here: a payout system that is down at start-up is retried like any other failure.
-    pub fn start(settings: &PayoutSettings, data_dir: &Path, metrics: PayoutMetrics) -> Result<Payouts, String> {
+    /// Before that, queues what the commission `ledger` holds for the payout system and the
+    /// outbox does not know (an outbox write that failed, or a crash, after the ledger's).
+    pub fn start(
+        settings: &PayoutSettings,
+        data_dir: &Path,
+        metrics: PayoutMetrics,
+        ledger: &Ledger,
+    ) -> Result<Payouts, String> {
         let dir = data_dir.join("payout");
         let (outbox, opened) = Outbox::open(&dir).map_err(|e| format!("payout outbox {}: {e}", dir.display()))?;
         if opened.torn_bytes > 0 || opened.bad_lines > 0 {
@@ -54,6 +62,17 @@ impl Payouts {
                 torn_bytes = opened.torn_bytes,
                 bad_lines = opened.bad_lines,
                 "payout outbox: cut a torn tail (a crash mid-write; that webhook was not answered 200)"
+            );
+        }
+        let missing = missing_from(&outbox, ledger);
+        if !missing.is_empty() {
+            let queued = outbox
+                .enqueue(&missing)
+                .map_err(|e| format!("payout outbox {}: {e}", dir.display()))?;
+            metrics.queued.increment(queued.queued.len() as u64);
+            tracing::warn!(
+                queued = queued.queued.len(),
+                "payout outbox: queued commissions the ledger holds and the outbox did not (a write after the ledger's failed, or a crash)"
             );
         }
         tracing::info!(pending = opened.pending, known = opened.known, url = %crate::config::redact_url(&settings.url.to_string()), "payouts on");
@@ -83,7 +102,8 @@ impl Payouts {
 
     /// Queues `(commission_id, body)` records, synced to disk when this returns `Ok`; the
     /// caller answers the webhook only then. Runs the disk work off the async workers.
-    pub async fn enqueue(&self, records: Vec<(Arc<str>, Bytes)>) -> std::io::Result<usize> {
+    /// Answers the ids queued now (not those known before).
+    pub async fn enqueue(&self, records: Vec<(Arc<str>, Bytes)>) -> std::io::Result<Vec<Arc<str>>> {
         let outbox = self.outbox.clone();
         let done = tokio::task::spawn_blocking(move || outbox.enqueue(&records))
             .await
@@ -92,10 +112,10 @@ impl Payouts {
         let m = &self.metrics;
         match done {
             Ok(e) => {
-                m.queued.increment(e.queued as u64);
+                m.queued.increment(e.queued.len() as u64);
                 m.duplicates.increment(e.duplicates as u64);
                 m.pending.set(self.outbox.pending() as f64);
-                if e.queued > 0 {
+                if !e.queued.is_empty() {
                     self.wake.notify_one();
                 }
                 Ok(e.queued)
@@ -125,6 +145,26 @@ pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
     for b in tag.as_ref() {
         out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
         out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// The commission records the ledger holds for the payout system that the outbox does not
+/// know, made again from the ledger.
+fn missing_from(outbox: &Outbox, ledger: &Ledger) -> Vec<(Arc<str>, Bytes)> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let ts = crate::clicks::record::rfc3339_ms(now_ms);
+    let mut out = Vec::new();
+    for (order, paid) in ledger.for_payout() {
+        for r in super::webhooks::payout_records(order, &paid, &ts) {
+            let Some(id) = r["commission_id"].as_str().filter(|id| !outbox.knows(id)) else {
+                continue;
+            };
+            let body = serde_json::to_vec(&r).expect("a JSON value encodes");
+            out.push((Arc::from(id), Bytes::from(body)));
+        }
     }
     out
 }

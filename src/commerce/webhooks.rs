@@ -46,16 +46,44 @@ pub struct Webhooks {
     pub orders: tokio::sync::Mutex<()>,
 }
 
-/// What one orders or refunds delivery makes: records for the stream, and the ledger
-/// changes to apply once those records are kept.
+/// What one orders or refunds delivery makes: records, and the ledger changes they stand for.
 #[derive(Debug, Default)]
 pub struct OrderRecords {
-    pub records: Vec<Value>,
+    pub records: Vec<Made>,
     pub changes: Vec<Change>,
-    /// The ledger already held these: the records were made again from it for the payout
-    /// outbox, which may not have them (its write failed after the ledger's, or a crash came
-    /// in between). They go to the stream only if the outbox takes them now.
-    pub replayed: bool,
+}
+
+/// One record a delivery makes, and where it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Made {
+    pub record: Value,
+    /// A commission for the payout outbox: payouts are on, and it is not the clawback of a
+    /// payment made while they were off.
+    pub payout: bool,
+    /// Made again from the ledger, which an earlier attempt wrote: it goes to the stream only
+    /// if the outbox newly queues this commission id (for a conversion: its order's paid
+    /// commission), that is, only if that attempt never got as far.
+    pub again: Option<String>,
+}
+
+impl Made {
+    fn new(record: Value, payout: bool) -> Made {
+        Made {
+            record,
+            payout,
+            again: None,
+        }
+    }
+
+    /// A commission made again from the ledger, for the outbox.
+    fn again(record: Value) -> Made {
+        let id = record["commission_id"].as_str().map(str::to_string);
+        Made {
+            record,
+            payout: true,
+            again: id,
+        }
+    }
 }
 
 /// What [`Webhooks::first_delivery`] knows of a delivery id.
@@ -210,10 +238,10 @@ impl Webhooks {
         self.deliveries.remove(webhook_id);
     }
 
-    /// Undoes [`Webhooks::order_records`] for records that could not be kept (the payout
-    /// outbox refused them), so Shopify's retry of the delivery makes them again.
-    pub fn forget_records(&self, records: &[Value]) {
-        for r in records {
+    /// Undoes [`Webhooks::order_records`] for records that could not be kept (the ledger or
+    /// the payout outbox refused them), so Shopify's retry of the delivery makes them again.
+    pub fn forget_records(&self, records: &[Made]) {
+        for Made { record: r, .. } in records {
             let Some(order) = r["order_id"].as_u64() else { continue };
             // Commissions are `shopify:ORDER:WHAT`; a conversion comes only from `paid`.
             let what = r["commission_id"]
@@ -245,8 +273,9 @@ impl Webhooks {
 
     /// Records for one order or refund topic (none when already emitted), and the ledger
     /// changes they stand for. Clawbacks are taken against the ledger: never more than was
-    /// paid, and nothing for an order it has no paid commission for. `payouts`: the changes
-    /// are marked as meant for the payout outbox.
+    /// paid, and nothing for an order it has no paid commission for. `payouts`: payouts are
+    /// on; commissions are marked for the outbox, and what the ledger holds for it is made
+    /// again (see [`Made::again`]).
     pub fn order_records(
         &self,
         topic: &str,
@@ -272,25 +301,25 @@ impl Webhooks {
                     return Ok(out);
                 }
                 let attribution = attribute(&order, table);
+                let conversion = conversion(&order, &attribution, subtotal, &currency, ts);
                 // The ledger outlives restarts: an order it holds was paid before, whatever
-                // this process remembers. Its commission is offered to the payout outbox again
-                // (with the conversion, for the stream if the outbox takes it).
+                // this process remembers.
                 if let Some(paid) = self.ledger.get(order.id) {
-                    if paid.payout {
-                        out.replayed = true;
-                        out.records
-                            .push(conversion(&order, &attribution, subtotal, &currency, ts));
-                        out.records
-                            .push(commission(order.id, "paid", &paid, paid.basis, paid.amount, ts));
+                    if payouts && paid.payout == Some(true) {
+                        let made = Made::again(paid_commission(order.id, &paid, ts));
+                        out.records.push(Made {
+                            again: made.again.clone(),
+                            ..Made::new(conversion, false)
+                        });
+                        out.records.push(made);
                     }
                     return Ok(out);
                 }
-                out.records
-                    .push(conversion(&order, &attribution, subtotal, &currency, ts));
+                out.records.push(Made::new(conversion, false));
                 if let Some(mut paid) = paid_entry(&attribution, subtotal, &currency) {
-                    paid.payout = payouts;
+                    paid.payout = Some(payouts);
                     out.records
-                        .push(commission(order.id, "paid", &paid, paid.basis, paid.amount, ts));
+                        .push(Made::new(paid_commission(order.id, &paid, ts), payouts));
                     out.changes.push(Change::Paid { order: order.id, paid });
                 }
             }
@@ -326,14 +355,18 @@ impl OrderRecords {
         let Some(paid) = ledger.get(order) else {
             return;
         };
+        // The payment's own commission first: an attempt that wrote the ledger may not have
+        // got it into the outbox, and a clawback must not reach the payout system alone.
+        let again = payouts && paid.payout == Some(true);
+        if again {
+            self.records.push(Made::again(paid_commission(order, &paid, ts)));
+        }
         // Already on the ledger: Shopify delivered it again after this process forgot it (or
-        // after the outbox write that followed the ledger's failed). Offered to the outbox
-        // again, as taken then.
+        // after the outbox write that followed the ledger's failed). Made again, as taken.
         if let Some(c) = paid.clawbacks.iter().find(|c| c.what == what) {
-            if c.payout {
-                self.replayed = true;
+            if again && c.payout == Some(true) {
                 self.records
-                    .push(commission(order, what, &paid, -c.basis, -c.amount, ts));
+                    .push(Made::again(commission(order, what, &paid, -c.basis, -c.amount, ts)));
             }
             return;
         }
@@ -341,15 +374,35 @@ impl OrderRecords {
         if amount == 0 {
             return;
         }
-        self.records.push(commission(order, what, &paid, -basis, -amount, ts));
+        // A payment made while payouts were off never reached the payout system: its
+        // clawback goes to the stream only. (A payment on a line older than the flag is
+        // taken to have reached it: the build before wrote the outbox first.)
+        let payout = payouts && paid.payout != Some(false);
+        self.records
+            .push(Made::new(commission(order, what, &paid, -basis, -amount, ts), payout));
         self.changes.push(Change::Clawed {
             order,
             basis,
             amount,
             what: Some(what.into()),
-            payout: payouts,
+            payout: Some(payout),
         });
     }
+}
+
+/// The commission record of a payment on the ledger.
+fn paid_commission(order: u64, paid: &Entry, ts: &str) -> Value {
+    commission(order, "paid", paid, paid.basis, paid.amount, ts)
+}
+
+/// The commission records a payment written while payouts were on stands for on the ledger
+/// (the payment's, and its clawbacks' that were for the outbox), made again with `ts`.
+pub fn payout_records(order: u64, paid: &Entry, ts: &str) -> Vec<Value> {
+    let mut out = vec![paid_commission(order, paid, ts)];
+    for c in paid.clawbacks.iter().filter(|c| c.payout == Some(true)) {
+        out.push(commission(order, &c.what, paid, -c.basis, -c.amount, ts));
+    }
+    out
 }
 
 fn attribute(order: &Order, table: &LinkTable) -> Attribution {
@@ -436,7 +489,7 @@ fn paid_entry(a: &Attribution, basis: i64, currency: &str) -> Option<Entry> {
         amount,
         clawed_basis: 0,
         clawed: 0,
-        payout: false,
+        payout: None,
         clawbacks: Vec::new(),
     })
 }
@@ -513,7 +566,7 @@ mod tests {
         let run = |topic: &str, body: &str| {
             let out = w.order_records(topic, body.as_bytes(), &table, "t", 0, false).unwrap();
             w.ledger.apply(&out.changes).unwrap();
-            out.records
+            values(&out.records)
         };
         let r = run("orders/paid", &by_click);
         assert_eq!(r[0]["attribution"], "click");
@@ -550,8 +603,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             (
-                out.records[0]["amount_minor"].as_i64(),
-                out.records[0]["basis_minor"].as_i64()
+                out.records[0].record["amount_minor"].as_i64(),
+                out.records[0].record["basis_minor"].as_i64()
             ),
             (Some(-100), Some(-996))
         );
@@ -559,7 +612,7 @@ mod tests {
         // are made again, the same, by the retry.
         w.forget_records(&out.records);
         let again = run("orders/cancelled", &by_click);
-        assert_eq!(again, out.records);
+        assert_eq!(again, values(&out.records));
         assert!(run("refunds/create", refund).is_empty(), "not forgotten: still once");
         let late = r#"{"id":78,"order_id":5000000000000001,"refund_line_items":[{"subtotal_set":{"shop_money":{"amount":"5.00","currency_code":"USD"}}}]}"#;
         assert!(
@@ -574,8 +627,30 @@ mod tests {
         assert!(run("orders/cancelled", &paid(4, r#""discount_codes":[{"code":"SAM10"}],"#)).is_empty());
     }
 
+    fn values(made: &[Made]) -> Vec<Value> {
+        made.iter().map(|m| m.record.clone()).collect()
+    }
+
+    /// (commission_id or conversion_id, for the outbox, made again for) of each record.
+    fn shape(made: &[Made]) -> Vec<(String, bool, Option<String>)> {
+        made.iter()
+            .map(|m| {
+                let id = m.record["commission_id"]
+                    .as_str()
+                    .or(m.record["conversion_id"].as_str());
+                (id.unwrap().to_string(), m.payout, m.again.clone())
+            })
+            .collect()
+    }
+
+    fn owned(v: &[(&str, bool, Option<&str>)]) -> Vec<(String, bool, Option<String>)> {
+        v.iter()
+            .map(|(id, p, a)| (id.to_string(), *p, a.map(str::to_string)))
+            .collect()
+    }
+
     #[test]
-    fn a_retry_after_the_outbox_write_failed_makes_the_records_again_from_the_ledger() {
+    fn what_the_ledger_holds_is_made_again_for_the_outbox_and_clawbacks_follow_their_payment() {
         let table = crate::links::parse(LINKS, "t", &crate::links::signature::demo()).unwrap();
         let w = Webhooks::new(&["s".into()], Ledger::in_memory());
         let jane = r#"{"id":7,"currency":"USD","current_subtotal_price":"19.95","discount_codes":[{"code":"JANE15"}]}"#;
@@ -591,32 +666,58 @@ mod tests {
             out
         };
         let first = attempt("orders/paid", jane, true);
-        assert!(!first.replayed);
-        assert_eq!(first.records[1]["amount_minor"], 200);
-        let retry = attempt("orders/paid", jane, true);
-        assert!(
-            retry.replayed && retry.changes.is_empty(),
-            "the ledger is not written twice"
-        );
-        assert_eq!(retry.records.len(), 2, "the conversion and the commission");
         assert_eq!(
-            retry.records[1], first.records[1],
-            "the same commission, from the ledger"
+            shape(&first.records),
+            owned(&[("shopify:7", false, None), ("shopify:7:paid", true, None)])
+        );
+        assert_eq!(first.records[1].record["amount_minor"], 200);
+        let retry = attempt("orders/paid", jane, true);
+        assert!(retry.changes.is_empty(), "the ledger is not written twice");
+        // Both follow the commission: to the stream only if the outbox takes it now.
+        let paid = Some("shopify:7:paid");
+        assert_eq!(
+            shape(&retry.records),
+            owned(&[("shopify:7", false, paid), ("shopify:7:paid", true, paid)])
+        );
+        assert_eq!(
+            retry.records[1].record, first.records[1].record,
+            "the same, from the ledger"
         );
 
+        // A refund: the payment's commission comes first, in case its outbox write is the one
+        // that failed; a clawback must not reach the payout system alone.
         let first = attempt("refunds/create", refund, true);
-        assert_eq!(first.records[0]["amount_minor"], -100);
+        assert_eq!(
+            shape(&first.records),
+            owned(&[("shopify:7:paid", true, paid), ("shopify:7:refund:70", true, None)])
+        );
+        assert_eq!(first.records[1].record["amount_minor"], -100);
         let retry = attempt("refunds/create", refund, true);
-        assert!(retry.replayed && retry.changes.is_empty());
-        assert_eq!(retry.records, first.records);
+        assert!(retry.changes.is_empty());
+        let refunded = Some("shopify:7:refund:70");
+        assert_eq!(
+            shape(&retry.records),
+            owned(&[("shopify:7:paid", true, paid), ("shopify:7:refund:70", true, refunded)])
+        );
+        assert_eq!(retry.records[1].record, first.records[1].record);
         assert_eq!(w.ledger.get(7).unwrap().clawed, 100, "clawed back once");
+        // At start-up the payout side checks the same records against its outbox.
+        let all = payout_records(7, &w.ledger.get(7).unwrap(), "t");
+        assert_eq!(values(&retry.records), all);
 
-        // Paid while payouts were off: nothing was meant for the outbox, nothing is offered.
+        // Paid while payouts were off: nothing goes to the outbox for it, not even a later
+        // clawback once they are on (the payout system never saw the payment).
         let sam = r#"{"id":8,"currency":"USD","current_subtotal_price":"10.00","discount_codes":[{"code":"SAM10"}]}"#;
-        assert_eq!(attempt("orders/paid", sam, false).records.len(), 2);
-        let retry = attempt("orders/paid", sam, true);
-        assert!(retry.records.is_empty() && !retry.replayed);
-        assert!(w.ledger.get(8).is_some_and(|e| !e.payout));
+        assert_eq!(
+            shape(&attempt("orders/paid", sam, false).records),
+            owned(&[("shopify:8", false, None), ("shopify:8:paid", false, None)])
+        );
+        assert!(attempt("orders/paid", sam, true).records.is_empty());
+        let cancel = attempt("orders/cancelled", sam, true);
+        assert_eq!(shape(&cancel.records), owned(&[("shopify:8:cancelled", false, None)]));
+        assert!(payout_records(8, &w.ledger.get(8).unwrap(), "t").len() == 1 && w.ledger.for_payout().len() == 1);
+        // With payouts off, nothing is made again.
+        assert!(attempt("orders/paid", jane, false).records.is_empty());
     }
 
     #[test]
@@ -631,6 +732,7 @@ mod tests {
                 .order_records("orders/paid", body.as_bytes(), &table, "t", 0, false)
                 .unwrap()
                 .records;
+            let r = values(&r);
             (r[0]["attribution"].clone(), r[0]["creator"].clone())
         };
         // A first_click cart: sam's link, jane's first click.

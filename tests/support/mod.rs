@@ -817,8 +817,6 @@ pub fn nats_addr() -> String {
     std::env::var("CARTLINK_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".to_string())
 }
 
-/// Says that a test was skipped, on the real stderr (not the captured one), so `cargo test`
-/// shows it even when the test passes.
 /// A small tmpfs mounted over a directory, to run a disk out of space; unmounted (and the
 /// directory's parent removed) when the test ends, pass or fail.
 pub struct Tmpfs(PathBuf);
@@ -876,6 +874,8 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Says that a test was skipped, on the real stderr (not the captured one), so `cargo test`
+/// shows it even when the test passes.
 pub fn say_skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
