@@ -356,6 +356,65 @@ fn restart_with_a_non_empty_spill_replays_it() {
     );
 }
 
+/// The frames of a spill segment: (offset of the frame, its payload's `click_id`).
+fn spill_frames(data: &[u8]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut at = 8; // b"CLSPILL1"
+    while at + 8 <= data.len() {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let record: serde_json::Value = serde_json::from_slice(&data[at + 8..at + 8 + len]).unwrap();
+        out.push((at, record["click_id"].as_str().unwrap().to_string()));
+        at += 8 + len;
+    }
+    out
+}
+
+/// The fault matrix's disk row: a spoiled record in the spill costs that record (counted as
+/// dropped), a torn tail its last one; everything after the spoiled one is still replayed.
+#[test]
+fn a_spoiled_spill_record_costs_only_itself_and_is_counted() {
+    let c = Collector::start();
+    c.set(Mode::Refuse);
+    let e = env(&c, &[("CARTLINK_DRAIN_GRACE_MS", "1000")]);
+    let mut s = start("spill-spoiled", &e);
+    let sent = clicks(&s, 150);
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(15)), 0, "{}", s.stderr());
+    let dir = dir_for_restart(s, "spill-spoiled-2", PIPELINE_LINKS);
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("data/spill"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    assert_eq!(segments.len(), 1, "150 clicks fit one segment");
+    let mut data = std::fs::read(&segments[0]).unwrap();
+    let frames = spill_frames(&data);
+    assert_eq!(frames.len(), 150);
+    // A byte of the 11th record's payload flipped (the disk spoiled it), and the last record
+    // torn (a crash mid-write).
+    let (spoiled_at, spoiled) = frames[10].clone();
+    data[spoiled_at + 8 + 20] ^= 0x01;
+    let torn = frames[149].1.clone();
+    data.truncate(data.len() - 3);
+    std::fs::write(&segments[0], &data).unwrap();
+
+    c.set(Mode::Up);
+    let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s2 = Server::start_in(dir, &pairs);
+    let flow = s2.wait_at_rest(REST);
+    let mut missing = oracle(&sent, &c.ids()).missing;
+    missing.sort();
+    let mut want = vec![spoiled, torn];
+    want.sort();
+    assert_eq!(missing, want, "only the spoiled and the torn record are missing");
+    assert_eq!(s2.metric("cartlink_spill_corrupt_total"), 2.0);
+    assert_eq!(s2.metric("cartlink_clicks_recovered_total"), 148.0);
+    // The spoiled record is known lost (its frame was whole): accepted and dropped; how many
+    // records a torn tail held cannot be told.
+    assert_eq!(s2.metric("cartlink_clicks_dropped_total{reason=\"spill_error\"}"), 1.0);
+    assert_eq!((flow.accepted, flow.delivered, flow.dropped), (149.0, 148.0, 1.0));
+}
+
 #[test]
 fn sigterm_under_load_loses_nothing() {
     let c = Collector::start();

@@ -29,9 +29,13 @@
 //!    rejected by it with a non-retriable status, which is a counted drop). A crash in the middle
 //!    of a segment's replay replays the whole segment at the next start: duplicates, never loss;
 //!    they carry the same `click_id`.
-//! 5. Reading stops at the first frame that is truncated, has a bad length or a bad CRC: that is
-//!    a torn tail (a crash mid-write). It is counted (`cartlink_spill_corrupt_total`) and skipped;
-//!    records before it are replayed.
+//! 5. A frame that is truncated, has a bad length or a bad CRC is damage: a torn tail (a crash
+//!    mid-write) or bytes the disk spoiled. Each damaged stretch is counted
+//!    (`cartlink_spill_corrupt_total`) and skipped, and reading goes on at the next whole frame
+//!    (one whose length fits, whose payload passes its CRC, and which reads as a JSON line), so
+//!    the records after a spoiled one are replayed too. A frame whose length was whole and only
+//!    its payload spoiled is one record lost, counted as dropped (`spill_error`); how many
+//!    records a stretch with a spoiled length held cannot be told.
 //! 6. Size cap: the total bytes of all segments never exceed `max_bytes`. A batch that does not
 //!    fit is refused whole (policy *drop newest*: what is already on disk is older and is kept),
 //!    and its records are counted as `cartlink_clicks_dropped_total{reason="spill_full"}`.
@@ -79,9 +83,18 @@ impl SpillError {
 struct Segment {
     seq: u64,
     path: PathBuf,
-    /// Bytes known good (header + whole frames).
+    /// Bytes up to the end of its last whole frame.
     len: u64,
     records: u64,
+    /// Damaged stretches found in it when it was opened (counted then).
+    damaged: u64,
+}
+
+/// Damage found in segments: stretches skipped, and the records known to be in them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub stretches: u64,
+    pub records: u64,
 }
 
 struct Head {
@@ -95,8 +108,8 @@ struct Head {
 pub struct SegmentRead {
     pub seq: u64,
     pub records: Vec<Vec<u8>>,
-    /// A torn or corrupt tail was found and skipped.
-    pub torn: bool,
+    /// Damaged stretches found now that were not there (or not counted) when it was opened.
+    pub damaged: u64,
 }
 
 pub struct Spill {
@@ -114,13 +127,13 @@ pub struct Spill {
 
 impl Spill {
     /// Opens (creating) the spill directory and indexes the segments already there. Returns the
-    /// spill and the number of corrupt tails found while counting records.
+    /// spill and the damage found while counting records.
     pub fn open(
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
         fsync_every: Duration,
-    ) -> std::io::Result<(Spill, u64)> {
+    ) -> std::io::Result<(Spill, Damage)> {
         std::fs::create_dir_all(dir)?;
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -148,12 +161,13 @@ impl Spill {
             records: 0,
             syncer: Syncer::new("spill", false),
         };
-        let mut torn = 0;
+        let mut damage = Damage::default();
         for (seq, path) in found {
             let data = std::fs::read(&path)?;
-            let (recs, good, bad) = parse(&data);
-            torn += u64::from(bad);
-            if recs.is_empty() {
+            let p = parse(&data);
+            damage.stretches += p.damaged;
+            damage.records += p.lost;
+            if p.records.is_empty() {
                 // Nothing to replay (empty, or torn before its first record).
                 let _ = std::fs::remove_file(&path);
                 continue;
@@ -161,14 +175,15 @@ impl Spill {
             let seg = Segment {
                 seq,
                 path,
-                len: good as u64,
-                records: recs.len() as u64,
+                len: p.end as u64,
+                records: p.records.len() as u64,
+                damaged: p.damaged,
             };
             spill.bytes += seg.len;
             spill.records += seg.records;
             spill.sealed.push_back(seg);
         }
-        Ok((spill, torn))
+        Ok((spill, damage))
     }
 
     /// Records waiting in the spill (sealed, head, and the segment being replayed).
@@ -281,11 +296,11 @@ impl Spill {
         };
         let mut data = Vec::with_capacity(seg.len as usize);
         File::open(&seg.path)?.take(seg.len).read_to_end(&mut data)?;
-        let (recs, _, torn) = parse(&data);
+        let p = parse(&data);
         Ok(Some(SegmentRead {
             seq: seg.seq,
-            records: recs.into_iter().map(<[u8]>::to_vec).collect(),
-            torn,
+            records: p.records.into_iter().map(<[u8]>::to_vec).collect(),
+            damaged: p.damaged.saturating_sub(seg.damaged),
         }))
     }
 
@@ -348,6 +363,7 @@ impl Spill {
                 path,
                 len: MAGIC.len() as u64,
                 records: 0,
+                damaged: 0,
             },
             synced: Instant::now(),
             dirty: true,
@@ -356,33 +372,69 @@ impl Spill {
     }
 }
 
-/// Parses a segment: the records before the first bad frame, the length of the good prefix,
-/// and whether a bad frame (torn tail, bad CRC) was found.
-pub fn parse(data: &[u8]) -> (Vec<&[u8]>, usize, bool) {
+/// What a segment's bytes hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub records: Vec<&'a [u8]>,
+    /// The end of the last whole frame.
+    pub end: usize,
+    /// Damaged stretches skipped.
+    pub damaged: u64,
+    /// Frames among them whose length was whole (one record each, its payload spoiled).
+    pub lost: u64,
+}
+
+/// Parses a segment: its whole frames, skipping damaged stretches (see the module's top, 5).
+pub fn parse(data: &[u8]) -> Parsed<'_> {
+    let mut out = Parsed::default();
     if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        return (Vec::new(), 0, !data.is_empty());
+        out.damaged = u64::from(!data.is_empty());
+        return out;
     }
     let mut at = MAGIC.len();
-    let mut out = Vec::new();
+    out.end = at;
     while at < data.len() {
-        let Some(h) = data.get(at..at + FRAME_HEADER) else {
-            return (out, at, true);
-        };
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        if len == 0 || len > MAX_RECORD {
-            return (out, at, true);
+        if let Some(payload) = frame(data, at) {
+            out.records.push(payload);
+            at += FRAME_HEADER + payload.len();
+            out.end = at;
+            continue;
         }
-        let Some(payload) = data.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
-            return (out, at, true);
-        };
-        if crc32fast::hash(payload) != crc {
-            return (out, at, true);
+        out.damaged += 1;
+        // Only the payload spoiled: its length says where the next frame starts.
+        let next = length(data, at).map(|len| at + FRAME_HEADER + len);
+        if let Some(next) = next.filter(|&n| n == data.len() || frame(data, n).is_some()) {
+            out.lost += 1;
+            at = next;
+            continue;
         }
-        out.push(payload);
-        at += FRAME_HEADER + len;
+        // Else the next place a whole frame starts, if any: one that reads as a JSON line,
+        // so the bytes of a record (ASCII, a length of 500 MB and more) are never taken for one.
+        match (at + 1..data.len()).find(|&p| frame(data, p).is_some_and(json_line)) {
+            Some(p) => at = p,
+            None => break,
+        }
     }
-    (out, at, false)
+    out
+}
+
+/// The length in the frame header at `at`, if it is one a frame can have and fits in `data`.
+fn length(data: &[u8], at: usize) -> Option<usize> {
+    let h = data.get(at..at + FRAME_HEADER)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    (len > 0 && len <= MAX_RECORD && at + FRAME_HEADER + len <= data.len()).then_some(len)
+}
+
+/// The payload of a whole frame at `at`: its length fits and its CRC matches.
+fn frame(data: &[u8], at: usize) -> Option<&[u8]> {
+    let len = length(data, at)?;
+    let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
+    let payload = &data[at + FRAME_HEADER..at + FRAME_HEADER + len];
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+fn json_line(payload: &[u8]) -> bool {
+    payload.first() == Some(&b'{') && payload.last() == Some(&b'\n')
 }
 
 #[cfg(test)]
@@ -414,8 +466,8 @@ mod tests {
     #[test]
     fn replays_in_order_across_restarts_and_deletes_acked_segments() {
         let d = dir("order");
-        let (mut s, torn) = Spill::open(&d, 1 << 20, 64, Duration::ZERO).unwrap();
-        assert_eq!(torn, 0);
+        let (mut s, damage) = Spill::open(&d, 1 << 20, 64, Duration::ZERO).unwrap();
+        assert_eq!(damage, Damage::default());
         for i in 0..10 {
             s.append(&batch(i * 3, 3)).unwrap();
         }
@@ -423,8 +475,8 @@ mod tests {
         assert!(s.segments() > 1, "64-byte segments rotate");
         s.seal();
         drop(s);
-        let (mut s, torn) = Spill::open(&d, 1 << 20, 64, Duration::ZERO).unwrap();
-        assert_eq!((s.records(), torn), (30, 0));
+        let (mut s, damage) = Spill::open(&d, 1 << 20, 64, Duration::ZERO).unwrap();
+        assert_eq!((s.records(), damage.stretches), (30, 0));
         let got = drain(&mut s);
         let want: Vec<String> = (0..30).map(|i| format!("{{\"n\":{i}}}\n")).collect();
         assert_eq!(got, want);
@@ -457,10 +509,78 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 3).unwrap();
         drop((f, s));
-        let (mut s, torn) = Spill::open(&d, 1 << 20, 1 << 20, Duration::ZERO).unwrap();
-        assert_eq!((s.records(), torn), (4, 1));
-        assert_eq!(drain(&mut s).len(), 4);
+        let (mut s, damage) = Spill::open(&d, 1 << 20, 1 << 20, Duration::ZERO).unwrap();
+        assert_eq!((s.records(), damage.stretches, damage.records), (4, 1, 0));
+        let seg = s.oldest().unwrap().unwrap();
+        assert_eq!((seg.records.len(), seg.damaged), (4, 0), "counted once, at the open");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A segment of `n` records (`{"n":i}`), as written.
+    fn segment(n: u32) -> Vec<u8> {
+        let mut data = MAGIC.to_vec();
+        for i in 0..n {
+            let payload = format!("{{\"n\":{i}}}\n");
+            data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            data.extend_from_slice(&crc32fast::hash(payload.as_bytes()).to_le_bytes());
+            data.extend_from_slice(payload.as_bytes());
+        }
+        data
+    }
+
+    fn numbers(p: &Parsed) -> Vec<u32> {
+        p.records
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(r).unwrap()["n"]
+                    .as_u64()
+                    .unwrap() as u32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_spoiled_record_costs_that_record_and_a_spoiled_length_only_its_stretch() {
+        let clean = segment(10);
+        let frame = |i: usize| MAGIC.len() + i * (FRAME_HEADER + 8); // `{"n":i}\n` is 8 bytes
+                                                                     // A payload byte flipped: that one record is lost, counted; the rest are read.
+        let mut d = clean.clone();
+        d[frame(3) + FRAME_HEADER + 2] ^= 0x20;
+        let p = parse(&d);
+        assert_eq!(numbers(&p), [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+        assert_eq!((p.damaged, p.lost, p.end), (1, 1, d.len()));
+        // A length spoiled: the stretch up to the next whole frame is skipped; no count of
+        // the records in it can be told.
+        let mut d = clean.clone();
+        d[frame(5) + 2] = 0x7f;
+        let p = parse(&d);
+        assert_eq!(numbers(&p), [0, 1, 2, 3, 4, 6, 7, 8, 9]);
+        assert_eq!((p.damaged, p.lost), (1, 0));
+        // A payload and a CRC spoiled (a record each, known), and a torn tail (not known).
+        let mut d = clean.clone();
+        d[frame(1) + FRAME_HEADER] ^= 1;
+        d[frame(6) + 5] ^= 0xff;
+        d.truncate(d.len() - 3);
+        let p = parse(&d);
+        assert_eq!(numbers(&p), [0, 2, 3, 4, 5, 7, 8]);
+        assert_eq!((p.damaged, p.lost), (3, 2));
+        assert_eq!(p.end, frame(9), "up to the last whole frame");
+        // Zeros (a crash after the size grew) and garbage: skipped, nothing taken for a frame.
+        let mut d = clean.clone();
+        d.extend_from_slice(&[0u8; 4096]);
+        d.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+        let p = parse(&d);
+        assert_eq!(numbers(&p), (0..10).collect::<Vec<_>>());
+        assert_eq!((p.damaged, p.lost, p.end), (1, 0, clean.len()));
+        assert_eq!(
+            parse(&clean),
+            Parsed {
+                records: parse(&clean).records,
+                end: clean.len(),
+                damaged: 0,
+                lost: 0
+            }
+        );
     }
 
     #[derive(Debug, Clone)]
