@@ -77,7 +77,7 @@ pub struct App {
     pub unique: UniqueFilter,
     /// Stock levels; outlives every table (links bind to it when installed).
     pub inventory: Inventory,
-    pub webhooks: Webhooks,
+    pub webhooks: Arc<Webhooks>,
     /// The payout outbox and sender, when `payout.url` is set.
     pub payouts: Option<Payouts>,
     pub draining: AtomicBool,
@@ -162,9 +162,17 @@ impl App {
             Ledger::open(&dir).map_err(|e| format!("commission ledger {}: {e}", dir.display()))?
         };
         let payouts = match &settings.payout {
-            Some(p) => Some(Payouts::start(p, &settings.data_dir, metrics.payout.clone(), &ledger)?),
+            Some(p) => Some(Payouts::start(p, &settings.data_dir, metrics.payout.clone())?),
             None => None,
         };
+        if let Some(p) = &payouts {
+            let made_again = p
+                .mend(&ledger, &settings.edge)
+                .map_err(|e| format!("payout outbox: {e}"))?;
+            for body in made_again {
+                recorder.emit(&body);
+            }
+        }
         Ok(App {
             state: ArcSwap::from_pointee(snapshot),
             recorder,
@@ -175,7 +183,7 @@ impl App {
                 today(),
             ),
             inventory,
-            webhooks: Webhooks::new(&settings.secrets.shopify_webhook_secrets, ledger),
+            webhooks: Arc::new(Webhooks::new(&settings.secrets.shopify_webhook_secrets, ledger)),
             payouts,
             draining: AtomicBool::new(false),
             admin_token: settings.secrets.admin_token.clone(),

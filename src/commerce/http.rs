@@ -32,7 +32,7 @@ fn answer(status: StatusCode, text: &'static str) -> Response<Body> {
 
 /// Handles one verified-or-not delivery; its records go to the stream (and commissions to the
 /// payout outbox).
-pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
+pub async fn shopify(app: &Arc<App>, path: &str, headers: &HeaderMap, body: Bytes) -> Response<Body> {
     let m = &app.metrics.webhooks;
     let inventory = match path {
         "/webhooks/shopify/orders" => false,
@@ -40,7 +40,7 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
         _ => return answer(StatusCode::NOT_FOUND, "not found\n"),
     };
     let hooks = &app.webhooks;
-    match hooks.verify(body, headers.get("x-shopify-hmac-sha256").map(|v| v.as_bytes())) {
+    match hooks.verify(&body, headers.get("x-shopify-hmac-sha256").map(|v| v.as_bytes())) {
         Ok(()) => {}
         Err(WebhookError::Disabled) => return answer(StatusCode::NOT_FOUND, "not found\n"),
         Err(_) => {
@@ -57,10 +57,10 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut claim = match hooks.first_delivery(delivery, now_ms) {
+    let claim = match hooks.first_delivery(delivery, now_ms) {
         Seen::First => Claim {
-            hooks,
-            delivery,
+            hooks: app.webhooks.clone(),
+            delivery: delivery.into(),
             records: Vec::new(),
             settled: false,
             _orders: None,
@@ -78,13 +78,32 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
             );
         }
     };
+    // Applied in a task of its own: a request dropped half-way (Shopify hangs up at its 5 s
+    // limit, a deadline closes the connection) does not cut the writes short, and the orders
+    // lock is held until they end.
+    let topic = topic.to_string();
+    match tokio::spawn(apply(app.clone(), claim, topic, inventory, body, now_ms)).await {
+        Ok(resp) => resp,
+        Err(_) => answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n"),
+    }
+}
+
+async fn apply(
+    app: Arc<App>,
+    mut claim: Claim,
+    topic: String,
+    inventory: bool,
+    body: Bytes,
+    now_ms: u64,
+) -> Response<Body> {
+    let (m, hooks, topic) = (&app.metrics.webhooks, &app.webhooks, topic.as_str());
     // Orders deliveries one at a time, from reading the commission ledger to writing it (held
     // by the claim, so a failed delivery is forgotten before the next one reads).
     if !inventory {
-        claim._orders = Some(hooks.orders.lock().await);
+        claim._orders = Some(hooks.orders.clone().lock_owned().await);
     }
     let result = if inventory {
-        serde_json::from_slice::<Update>(body)
+        serde_json::from_slice::<Update>(&body)
             .map_err(|e| e.to_string())
             .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default()))
     } else {
@@ -92,7 +111,7 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
         let snap = app.state.load();
         let ts = crate::clicks::record::rfc3339_ms(now_ms);
         hooks
-            .order_records(topic, body, &snap.links, &ts, now_ms, app.payouts.is_some())
+            .order_records(topic, &body, &snap.links, &ts, now_ms, app.payouts.is_some())
             .map(|mut out| {
                 for m in &mut out.records {
                     m.record["edge"] = Value::from(&*snap.edge);
@@ -104,12 +123,12 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
     match result {
         Ok(OrderRecords { records, changes }) => {
             claim.records = records;
-            if let Err((what, e)) = keep(app, &claim.records, changes).await {
+            if let Err((what, e)) = keep(&app, &claim.records, changes).await {
                 // `claim` forgets the delivery and its records as it drops.
                 tracing::error!(topic, error = %e, "{what} write failed; answered 503 for Shopify to retry");
                 return answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
             }
-            hooks.applied(delivery);
+            hooks.applied(&claim.delivery);
             claim.settled = true;
             m.applied.increment(1);
             answer(StatusCode::OK, "ok\n")
@@ -124,23 +143,21 @@ pub async fn shopify(app: &App, path: &str, headers: &HeaderMap, body: &[u8]) ->
 }
 
 /// A delivery being applied. Unless it was applied, dropping it forgets the delivery id and
-/// the records it made, so Shopify's retry applies it: after a refused write, and also when
-/// the request is dropped half-way (Shopify hung up at its 5 s limit, or a deadline closed
-/// the connection), which would otherwise leave the id "under way" for the whole window.
-/// An orders delivery holds the orders lock here, released only after that.
-struct Claim<'a> {
-    hooks: &'a super::webhooks::Webhooks,
-    delivery: &'a str,
+/// the records it made, so Shopify's retry applies it (after a refused write, or a task that
+/// never ran). An orders delivery holds the orders lock here, released only after that.
+struct Claim {
+    hooks: Arc<super::webhooks::Webhooks>,
+    delivery: String,
     records: Vec<Made>,
     settled: bool,
-    _orders: Option<tokio::sync::MutexGuard<'a, ()>>,
+    _orders: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
         if !self.settled {
             self.hooks.forget_records(&self.records);
-            self.hooks.forget_delivery(self.delivery);
+            self.hooks.forget_delivery(&self.delivery);
         }
         // `_orders` is released after this, with the other fields.
     }
@@ -197,22 +214,22 @@ mod tests {
 
     #[test]
     fn a_claim_dropped_before_it_settles_frees_the_delivery_for_the_retry() {
-        let hooks = Webhooks::new(&["s".into()], Ledger::in_memory());
+        let hooks = Arc::new(Webhooks::new(&["s".into()], Ledger::in_memory()));
         assert_eq!(hooks.first_delivery("d-1", 1000), Seen::First);
         let claim = Claim {
-            hooks: &hooks,
-            delivery: "d-1",
+            hooks: hooks.clone(),
+            delivery: "d-1".into(),
             records: Vec::new(),
             settled: false,
             _orders: None,
         };
         assert_eq!(hooks.first_delivery("d-1", 1000), Seen::UnderWay);
-        // The request's future dropped half-way (the client hung up).
+        // The task that applies it dropped before it settled.
         drop(claim);
         assert_eq!(hooks.first_delivery("d-1", 1000), Seen::First, "the retry is applied");
         let mut claim = Claim {
-            hooks: &hooks,
-            delivery: "d-1",
+            hooks: hooks.clone(),
+            delivery: "d-1".into(),
             records: Vec::new(),
             settled: false,
             _orders: None,

@@ -150,6 +150,22 @@ impl Ledger {
             .collect()
     }
 
+    /// Payments and clawbacks on lines older than the `payout` flag (`None`): whether each
+    /// went to the payout outbox, as `sent(order, what)` says (the outbox keeps every id it
+    /// ever queued), for as long as this process runs.
+    pub fn settle_payouts(&self, sent: impl Fn(u64, &str) -> bool) {
+        for mut e in self.orders.iter_mut() {
+            let order = *e.key();
+            let e = e.value_mut();
+            if e.payout.is_none() {
+                e.payout = Some(sent(order, "paid"));
+            }
+            for c in e.clawbacks.iter_mut().filter(|c| c.payout.is_none()) {
+                c.payout = Some(sent(order, &c.what));
+            }
+        }
+    }
+
     pub fn get(&self, order: u64) -> Option<Entry> {
         self.orders.get(&order).map(|e| e.clone())
     }

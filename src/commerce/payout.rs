@@ -47,14 +47,7 @@ pub struct Payouts {
 impl Payouts {
     /// Opens the outbox under `data_dir/payout` and starts the sender thread. Nothing connects
     /// here: a payout system that is down at start-up is retried like any other failure.
-    /// Before that, queues what the commission `ledger` holds for the payout system and the
-    /// outbox does not know (an outbox write that failed, or a crash, after the ledger's).
-    pub fn start(
-        settings: &PayoutSettings,
-        data_dir: &Path,
-        metrics: PayoutMetrics,
-        ledger: &Ledger,
-    ) -> Result<Payouts, String> {
+    pub fn start(settings: &PayoutSettings, data_dir: &Path, metrics: PayoutMetrics) -> Result<Payouts, String> {
         let dir = data_dir.join("payout");
         let (outbox, opened) = Outbox::open(&dir).map_err(|e| format!("payout outbox {}: {e}", dir.display()))?;
         if opened.torn_bytes > 0 || opened.bad_lines > 0 {
@@ -62,17 +55,6 @@ impl Payouts {
                 torn_bytes = opened.torn_bytes,
                 bad_lines = opened.bad_lines,
                 "payout outbox: cut a torn tail (a crash mid-write; that webhook was not answered 200)"
-            );
-        }
-        let missing = missing_from(&outbox, ledger);
-        if !missing.is_empty() {
-            let queued = outbox
-                .enqueue(&missing)
-                .map_err(|e| format!("payout outbox {}: {e}", dir.display()))?;
-            metrics.queued.increment(queued.queued.len() as u64);
-            tracing::warn!(
-                queued = queued.queued.len(),
-                "payout outbox: queued commissions the ledger holds and the outbox did not (a write after the ledger's failed, or a crash)"
             );
         }
         tracing::info!(pending = opened.pending, known = opened.known, url = %crate::config::redact_url(&settings.url.to_string()), "payouts on");
@@ -127,6 +109,29 @@ impl Payouts {
         }
     }
 
+    /// At start-up, before any webhook: settles the ledger's lines older than its `payout`
+    /// flag from what the outbox knows, then queues the commission records the ledger holds
+    /// for the payout system and the outbox does not know (its write failed after the
+    /// ledger's, or a crash came in between), made again with `edge`. Returns their bodies,
+    /// for the stream (as any record made again that the outbox queues).
+    pub fn mend(&self, ledger: &Ledger, edge: &str) -> std::io::Result<Vec<Bytes>> {
+        let outbox = &self.outbox;
+        ledger.settle_payouts(|order, what| outbox.knows(&super::webhooks::commission_id(order, what)));
+        let missing = missing_from(outbox, ledger, edge);
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queued = outbox.enqueue(&missing)?;
+        self.metrics.queued.increment(queued.queued.len() as u64);
+        self.metrics.pending.set(outbox.pending() as f64);
+        self.wake.notify_one();
+        tracing::warn!(
+            queued = queued.queued.len(),
+            "payout outbox: queued commissions the ledger holds and the outbox did not (a write after the ledger's failed, or a crash)"
+        );
+        Ok(missing.into_iter().map(|(_, body)| body).collect())
+    }
+
     /// Stops the sender (a POST in flight is dropped; its record stays pending) and joins it.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
@@ -151,19 +156,24 @@ pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
 
 /// The commission records the ledger holds for the payout system that the outbox does not
 /// know, made again from the ledger.
-fn missing_from(outbox: &Outbox, ledger: &Ledger) -> Vec<(Arc<str>, Bytes)> {
+fn missing_from(outbox: &Outbox, ledger: &Ledger, edge: &str) -> Vec<(Arc<str>, Bytes)> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let ts = crate::clicks::record::rfc3339_ms(now_ms);
     let mut out = Vec::new();
     for (order, paid) in ledger.for_payout() {
-        for r in super::webhooks::payout_records(order, &paid, &ts) {
-            let Some(id) = r["commission_id"].as_str().filter(|id| !outbox.knows(id)) else {
+        for mut r in super::webhooks::payout_records(order, &paid, &ts) {
+            let Some(id) = r["commission_id"]
+                .as_str()
+                .filter(|id| !outbox.knows(id))
+                .map(Arc::<str>::from)
+            else {
                 continue;
             };
+            r["edge"] = serde_json::Value::from(edge);
             let body = serde_json::to_vec(&r).expect("a JSON value encodes");
-            out.push((Arc::from(id), Bytes::from(body)));
+            out.push((id, Bytes::from(body)));
         }
     }
     out

@@ -43,7 +43,7 @@ pub struct Webhooks {
     pub ledger: Arc<Ledger>,
     /// Held by the orders webhook from reading the ledger to writing it, so a cancellation
     /// and a refund of one order arriving together do not both claw back the same amount.
-    pub orders: tokio::sync::Mutex<()>,
+    pub orders: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What one orders or refunds delivery makes: records, and the ledger changes they stand for.
@@ -181,7 +181,7 @@ impl Webhooks {
             deliveries: DashMap::new(),
             emitted: DashMap::new(),
             ledger: Arc::new(ledger),
-            orders: tokio::sync::Mutex::new(()),
+            orders: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -375,9 +375,9 @@ impl OrderRecords {
             return;
         }
         // A payment made while payouts were off never reached the payout system: its
-        // clawback goes to the stream only. (A payment on a line older than the flag is
-        // taken to have reached it: the build before wrote the outbox first.)
-        let payout = payouts && paid.payout != Some(false);
+        // clawback goes to the stream only. (Lines older than the flag are settled from the
+        // outbox at start-up, see `Ledger::settle_payouts`.)
+        let payout = payouts && paid.payout == Some(true);
         self.records
             .push(Made::new(commission(order, what, &paid, -basis, -amount, ts), payout));
         self.changes.push(Change::Clawed {
@@ -388,6 +388,11 @@ impl OrderRecords {
             payout: Some(payout),
         });
     }
+}
+
+/// `shopify:<order>:<what>`: `what` is `paid`, `cancelled` or `refund:<id>`.
+pub fn commission_id(order: u64, what: &str) -> String {
+    format!("shopify:{order}:{what}")
 }
 
 /// The commission record of a payment on the ledger.
@@ -503,7 +508,7 @@ fn commission(order: u64, what: &str, paid: &Entry, basis: i64, amount: i64, ts:
     json!({
         "v": 1,
         "type": "commission",
-        "commission_id": format!("shopify:{order}:{what}"),
+        "commission_id": commission_id(order, what),
         "ts": ts,
         "order_id": order,
         "reason": what.split(':').next(),
@@ -718,6 +723,27 @@ mod tests {
         assert!(payout_records(8, &w.ledger.get(8).unwrap(), "t").len() == 1 && w.ledger.for_payout().len() == 1);
         // With payouts off, nothing is made again.
         assert!(attempt("orders/paid", jane, false).records.is_empty());
+
+        // Lines older than the flag: settled from what the outbox knows at start-up.
+        for order in [9, 10] {
+            let mut paid = w.ledger.get(8).unwrap();
+            (paid.payout, paid.clawed, paid.clawed_basis, paid.clawbacks) = (None, 0, 0, Vec::new());
+            w.ledger.apply(&[Change::Paid { order, paid }]).unwrap();
+        }
+        w.ledger.settle_payouts(|order, what| order == 9 && what == "paid");
+        let cancel = |id: u64| format!(r#"{{"id":{id},"currency":"USD"}}"#);
+        assert_eq!(
+            shape(&attempt("orders/cancelled", &cancel(9), true).records),
+            owned(&[
+                ("shopify:9:paid", true, Some("shopify:9:paid")),
+                ("shopify:9:cancelled", true, None)
+            ])
+        );
+        assert_eq!(
+            shape(&attempt("orders/cancelled", &cancel(10), true).records),
+            owned(&[("shopify:10:cancelled", false, None)]),
+            "never sent, so neither is its clawback"
+        );
     }
 
     #[test]

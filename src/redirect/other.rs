@@ -11,12 +11,13 @@ use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 /// Answers one public request whose method is neither GET nor HEAD.
-pub async fn handle_other<B>(app: &App, req: Request<Limited<B>>) -> Response<Body>
+pub async fn handle_other<B>(app: &Arc<App>, req: Request<Limited<B>>) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -24,7 +25,7 @@ where
     route(app, req).await
 }
 
-async fn route<B>(app: &App, req: Request<Limited<B>>) -> Response<Body>
+async fn route<B>(app: &Arc<App>, req: Request<Limited<B>>) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -41,7 +42,7 @@ where
         Err(_) => return super::bad_request(),
     };
     if parts.method == http::Method::POST && parts.uri.path().starts_with("/webhooks/") {
-        return crate::commerce::http::shopify(app, parts.uri.path(), &parts.headers, &body).await;
+        return crate::commerce::http::shopify(app, parts.uri.path(), &parts.headers, body).await;
     }
     app.metrics.outcomes.method_not_allowed.increment(1);
     let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
