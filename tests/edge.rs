@@ -525,8 +525,8 @@ async fn a_request_line_past_the_limit_gets_414_on_plain_and_tls() {
     assert_eq!(r.status, 414, "{}", r.body_text());
     assert_eq!(r.header("connection"), Some("close"));
     assert!(conn.get("/healthz", IPHONE).is_err(), "closed after the 414");
-    // A 70,000-byte URI, sent whole: the answer arrives (the rest is read and dropped, so
-    // the close is not a reset that loses it).
+    // A 70,000-byte URI, sent whole: the answer arrives (the rest is read and dropped before
+    // the close, as nginx's lingering close does, so the close is not a reset).
     let raw = raw_exchange(
         s.public,
         format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", target_of_line(70_000)).as_bytes(),
@@ -558,4 +558,98 @@ async fn a_request_line_past_the_limit_gets_414_on_plain_and_tls() {
     let (status, _) = h2_get(&mut h2, &target_of_line(9000)).await;
     assert_eq!(status, 302);
     assert_eq!(h2_get(&mut h2, "/healthz").await.0, 200);
+}
+
+/// An HTTP/2 connection in clear text (prior knowledge) to the public listener.
+async fn h2c(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// The fault matrix's "h2 rapid reset" row: streams opened and cancelled at once
+/// (HEADERS + RST_STREAM CANCEL) end the connection with GOAWAY `ENHANCE_YOUR_CALM`, and a
+/// well-behaved connection beside it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_gets_goaway_enhance_your_calm() {
+    let s = Server::start("edge-rapid-reset", LINKS, &[]);
+    let (mut attacker, conn) = h2c(s.public).await;
+    // Bursts of 50 cancelled streams, with a pause after each in which the client reads what
+    // the server sent (else it may write into the closed socket and see only EPIPE).
+    let mut sent = 0;
+    'attack: for _ in 0..40 {
+        for _ in 0..50 {
+            let Ok(ready) = attacker.clone().ready().await else {
+                break 'attack;
+            };
+            attacker = ready;
+            let req = http::Request::get(format!("http://t{}", path_for("kit")))
+                .body(())
+                .unwrap();
+            let Ok((_, mut stream)) = attacker.send_request(req, false) else {
+                break 'attack;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if conn.is_finished() {
+            break;
+        }
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    let e = end.expect_err("closed by the server with an error");
+    assert!(e.is_go_away() && e.is_remote(), "{e:?} after {sent} resets");
+    assert_eq!(
+        e.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{e:?} after {sent} resets"
+    );
+
+    let (client, _conn) = h2c(s.public).await;
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(http::Request::get("http://t/healthz").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200, "others are served");
+}
+
+/// The fault matrix's "Oversized headers" row for HTTP/2: a header list past
+/// `http.max_header_bytes` is refused for its stream (431), and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_list_past_the_limit_is_refused_and_the_connection_goes_on() {
+    let s = Server::start("edge-h2-headers", LINKS, &[]);
+    let (client, _conn) = h2c(s.public).await;
+    let mut client = client.ready().await.unwrap();
+    let big = http::Request::get("http://t/healthz")
+        .header("x-big", "a".repeat(20_000))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(big, true).unwrap();
+    let status = resp.await.map(|r| r.status().as_u16());
+    assert!(
+        matches!(status, Ok(431))
+            || status
+                .as_ref()
+                .is_err_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM)),
+        "{status:?}"
+    );
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(
+            http::Request::get(format!("http://t{}", path_for("kit")))
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 302, "the same connection still serves");
 }
