@@ -9,7 +9,7 @@
 //! ```
 //!
 //! - The **batcher** drains the rings ([`super::ring`]) and the overflow queue on its beat (5 ms,
-//!   slowing to 25 ms while nothing comes), renders packed clicks ([`super::record::render`]) into
+//!   slowing to 25 ms while few clicks come), renders packed clicks ([`super::record::render`]) into
 //!   a [`Batch`] and flushes it when it reaches `batch_max_records` or `batch_max_bytes`, or
 //!   when its oldest record is `batch_max_age_ms` old. It never waits on the sink: a flushed
 //!   batch goes to the bounded in-flight channel (`inflight_batches`), or — when that is full,
@@ -257,8 +257,10 @@ async fn run(
     sh.gauges();
 }
 
-/// The longest wait between two drains of an idle pipeline (see `batcher`).
+/// The longest wait between two drains of an idle or lightly loaded pipeline (see `batcher`).
 const IDLE_BEAT: Duration = Duration::from_millis(25);
+/// A beat that takes fewer clicks than this lets the next one wait longer.
+const BUSY_BEAT_RECORDS: usize = 256;
 
 async fn batcher(
     sh: &Shared,
@@ -279,11 +281,12 @@ async fn batcher(
     // receiver makes every `try_send` on the redirect path wake this thread (a futex call and,
     // on a busy core, a context switch per click). Polling costs one wake-up per beat instead.
     let beat = Duration::from_millis(cfg.batch_max_age_ms.clamp(1, 5));
-    // While beats find nothing the wait doubles, up to `IDLE_BEAT` (never past the batch age),
-    // so an idle server wakes this thread some 40 times a second instead of 200; the first beat
-    // that finds a record goes back to `beat`. A ring holds some 4,000 clicks, so a spike that
-    // starts during a long wait still fits in the rings below about 160k clicks a second, and
-    // past that overflows into the queue, as it would anyway.
+    // While beats find few clicks (under `BUSY_BEAT_RECORDS`, some 50k a second at 5 ms) the
+    // wait doubles, up to `IDLE_BEAT` (never past the batch age), so a lightly loaded or idle
+    // server wakes this thread some 40 times a second instead of 200; a beat that finds more
+    // goes back to `beat`. A ring holds some 4,000 clicks, so a spike that starts during a
+    // long wait still fits in the rings below about 160k clicks a second, and past that
+    // overflows into the queue, as it would anyway.
     let idle_beat = IDLE_BEAT.min(max_age).max(beat);
     let mut wait = beat;
     let mut next_drain = tokio::time::Instant::now() + wait;
@@ -363,7 +366,7 @@ async fn batcher(
                 if closed && rx.rings.depth() == 0 {
                     break;
                 }
-                wait = if taken == 0 && !stopped { (wait * 2).min(idle_beat) } else { beat };
+                wait = if taken < BUSY_BEAT_RECORDS && !stopped { (wait * 2).min(idle_beat) } else { beat };
                 next_drain = tokio::time::Instant::now() + wait;
             }
         }
