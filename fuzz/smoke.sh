@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Fuzz smoke run: every target for SECONDS (default 20) on a scratch copy of its seed corpus.
+# Fuzz smoke run: every target for SECONDS (default 60, the fault matrix's CI figure) on a
+# scratch copy of its seed corpus.
 # Stable Rust only: cargo-fuzz needs nightly flags (-Zsanitizer=address), which stable accepts
 # with RUSTC_BOOTSTRAP=1. A crash leaves its input in fuzz/artifacts/<target>/ and fails.
 #
-#   bash fuzz/smoke.sh            # 20 s per target (CI)
+#   bash fuzz/smoke.sh            # 60 s per target (CI)
 #   SECONDS_PER_TARGET=3600 bash fuzz/smoke.sh   # the longer pre-release run
 set -euo pipefail
 cd "$(dirname "$0")"
-per=${SECONDS_PER_TARGET:-20}
+per=${SECONDS_PER_TARGET:-60}
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
   # stdin from /dev/null: cargo's probe runs `rustc -`, which reads whatever stdin the caller
