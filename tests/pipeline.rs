@@ -662,7 +662,10 @@ fn an_idle_pipeline_wakes_rarely_and_still_delivers_the_next_clicks() {
     let woke = pipeline_thread_switches(pid) - before;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = load.join().unwrap();
-    assert!(woke < 300, "under light load the pipeline thread switched {woke} times in 2 s ({n} clicks)");
+    assert!(
+        woke < 300,
+        "under light load the pipeline thread switched {woke} times in 2 s ({n} clicks)"
+    );
     let sent = clicks(&s, 5);
     wait_until("the clicks after the idle spell in the click files", REST, || {
         let mut written = String::new();
