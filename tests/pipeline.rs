@@ -323,15 +323,22 @@ fn https_sink_trusts_a_private_ca_from_the_config() {
     let _ = std::fs::remove_dir_all(ca_file.parent().unwrap());
 }
 
-#[test]
-fn restart_with_a_non_empty_spill_replays_it() {
+/// A server whose collector refuses: `n` clicks go to the spill, then SIGTERM (exit 0). The
+/// collector, the environment (for a restart), the stopped server and the click ids sent.
+fn spill_and_stop(name: &str, n: usize) -> (Collector, Vec<(&'static str, String)>, Server, Vec<String>) {
     let c = Collector::start();
     c.set(Mode::Refuse);
     let e = env(&c, &[("CARTLINK_DRAIN_GRACE_MS", "1000")]);
-    let mut s = start("spill-restart", &e);
-    let sent = clicks(&s, 150);
+    let mut s = start(name, &e);
+    let sent = clicks(&s, n);
     s.signal("TERM");
     assert_eq!(s.wait_exit(Duration::from_secs(15)), 0, "{}", s.stderr());
+    (c, e, s, sent)
+}
+
+#[test]
+fn restart_with_a_non_empty_spill_replays_it() {
+    let (c, e, s, sent) = spill_and_stop("spill-restart", 150);
     let segments: Vec<_> = std::fs::read_dir(s.dir.join("data/spill"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -373,13 +380,7 @@ fn spill_frames(data: &[u8]) -> Vec<(usize, String)> {
 /// dropped), a torn tail its last one; everything after the spoiled one is still replayed.
 #[test]
 fn a_spoiled_spill_record_costs_only_itself_and_is_counted() {
-    let c = Collector::start();
-    c.set(Mode::Refuse);
-    let e = env(&c, &[("CARTLINK_DRAIN_GRACE_MS", "1000")]);
-    let mut s = start("spill-spoiled", &e);
-    let sent = clicks(&s, 150);
-    s.signal("TERM");
-    assert_eq!(s.wait_exit(Duration::from_secs(15)), 0, "{}", s.stderr());
+    let (c, e, s, sent) = spill_and_stop("spill-spoiled", 150);
     let dir = dir_for_restart(s, "spill-spoiled-2", PIPELINE_LINKS);
     let mut segments: Vec<_> = std::fs::read_dir(dir.join("data/spill"))
         .unwrap()
