@@ -572,47 +572,54 @@ async fn h2c(
     (client, tokio::spawn(conn))
 }
 
-/// The fault matrix's "h2 rapid reset" row: streams opened and cancelled at once
-/// (HEADERS + RST_STREAM CANCEL) end the connection with GOAWAY `ENHANCE_YOUR_CALM`, and a
-/// well-behaved connection beside it is served.
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The fault matrix's "h2 rapid reset" row: 200 streams opened and cancelled at once
+/// (HEADERS + RST_STREAM CANCEL, written as raw frames in one go) end the connection with
+/// GOAWAY `ENHANCE_YOUR_CALM`; few of them reach the handler; another connection is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_gets_goaway_enhance_your_calm() {
     let s = Server::start("edge-rapid-reset", LINKS, &[]);
-    let (mut attacker, conn) = h2c(s.public).await;
-    // Bursts of 50 cancelled streams, with a pause after each in which the client reads what
-    // the server sent (else it may write into the closed socket and see only EPIPE).
-    let mut sent = 0;
-    'attack: for _ in 0..40 {
-        for _ in 0..50 {
-            let Ok(ready) = attacker.clone().ready().await else {
-                break 'attack;
-            };
-            attacker = ready;
-            let req = http::Request::get(format!("http://t{}", path_for("kit")))
-                .body(())
-                .unwrap();
-            let Ok((_, mut stream)) = attacker.send_request(req, false) else {
-                break 'attack;
-            };
-            stream.send_reset(h2::Reason::CANCEL);
-            sent += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if conn.is_finished() {
-            break;
-        }
+    let mut attack = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    attack.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+                                             // GET http://t/ in HPACK: :method GET, :scheme http, :path /, :authority "t".
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+    for i in 0..200u32 {
+        let stream = 2 * i + 1;
+        attack.extend(h2_frame(0x1, 0x5, stream, &block)); // HEADERS, END_STREAM | END_HEADERS
+        attack.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
     }
-    let end = tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .expect("the connection ends")
-        .unwrap();
-    let e = end.expect_err("closed by the server with an error");
-    assert!(e.is_go_away() && e.is_remote(), "{e:?} after {sent} resets");
+    let mut conn = TcpStream::connect(s.public).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(&attack).unwrap();
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got); // until the server closes (or resets, after its frames)
+                                        // The server's frames: look for GOAWAY (type 7), its error code after the last stream id.
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+            goaway = Some(u32::from_be_bytes(got[at + 13..at + 17].try_into().unwrap()));
+        }
+        at += 9 + len;
+    }
     assert_eq!(
-        e.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "{e:?} after {sent} resets"
+        goaway,
+        Some(0xb),
+        "GOAWAY ENHANCE_YOUR_CALM (0xb) in {} bytes",
+        got.len()
     );
+    // Cancelled streams mostly never reach the handler: at most the streams open at once.
+    let handled = s.metric_sum("cartlink_requests_total");
+    assert!(handled <= 128.0, "{handled} of 200 cancelled streams handled");
 
     let (client, _conn) = h2c(s.public).await;
     let mut client = client.ready().await.unwrap();
