@@ -1319,16 +1319,22 @@ fn eight_thousand_oversized_heads_are_refused_without_growing_memory() {
     }
     let pid = s.child.id();
     let before = rss_kib(pid);
+    let mut unanswered = 0;
     for (what, req, want) in &kinds {
         for _ in 0..2000 {
             let raw = raw_exchange(s.public, req.as_bytes()).unwrap();
-            let st = status_of(&raw);
-            assert!(st == Some(*want) || (raw.is_empty() && *want == 431), "{what}: {st:?}");
+            if raw.is_empty() {
+                unanswered += 1;
+                continue;
+            }
+            assert_eq!(status_of(&raw), Some(*want), "{what}");
         }
     }
+    // hyper may close a head it refuses before its answer is read (a reset), rarely.
+    assert!(unanswered <= 80, "{unanswered} of 8,000 closed without an answer");
     let grown = rss_kib(pid).saturating_sub(before);
     assert!(grown <= 20 << 10, "RSS grew by {grown} KiB over 8,000 oversized heads");
-    eprintln!("oversized heads: 8,000 refused, RSS grew by {grown} KiB");
+    eprintln!("oversized heads: 8,000 refused ({unanswered} closed unanswered), RSS grew by {grown} KiB");
     assert!(alive(&mut s));
     assert_no_panic(&s);
 }

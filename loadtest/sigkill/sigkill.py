@@ -61,22 +61,29 @@ def start(log):
     return None
 
 
-def load(path, stop, out):
+def load(path, stop, out, errors):
     conn = None
     while not stop.is_set():
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=2)
+            # Taken before the request: the click is made after it, so a missing click is
+            # never taken for younger than it is (the check leans towards FAIL, not PASS).
+            at = time.monotonic()
             conn.request("GET", path, headers={"User-Agent": UA})
             r = conn.getresponse()
             r.read()
-            at = time.monotonic()
-            if r.status == 302:
-                q = urllib.parse.parse_qs(urllib.parse.urlsplit(r.getheader("Location")).query)
-                out.append((at, q["cl_click"][0]))
+            if r.status != 302:
+                errors.append(f"status {r.status}")
+                continue
+            q = urllib.parse.parse_qs(urllib.parse.urlsplit(r.getheader("Location")).query)
+            out.append((at, q["cl_click"][0]))
         except (OSError, http.client.HTTPException):
             conn = None  # the kill; the run is over for this client
             time.sleep(0.01)
+        except Exception as e:  # anything else is the script's failure, not the server's
+            errors.append(repr(e))
+            return
 
 
 UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
@@ -84,7 +91,7 @@ UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.
 path = urllib.parse.urlsplit(open(f"{WORK}/url").read().strip()).path
 runs = []
 log = open(f"{WORK}/serve.log", "ab")
-failed_starts = 0
+failed_starts, errors = 0, []
 for i in range(RUNS):
     p = start(log)
     if p is None:
@@ -92,7 +99,7 @@ for i in range(RUNS):
         print(f"run {i + 1}: did not start (see {WORK}/serve.log)")
         break
     stop, got = threading.Event(), []
-    threads = [threading.Thread(target=load, args=(path, stop, got)) for _ in range(THREADS)]
+    threads = [threading.Thread(target=load, args=(path, stop, got, errors)) for _ in range(THREADS)]
     for t in threads:
         t.start()
     time.sleep(random.uniform(1.0, 3.0))
@@ -137,9 +144,12 @@ for i, (killed, got) in enumerate(runs):
     print(f"run {i + 1:2}: {len(got):6} clicks, missing {len(missing):4} "
           f"(oldest {oldest} before the kill; outside the {WINDOW_MS} ms window: {len(far)})")
 sent = sum(len(g) for _, g in runs)
-print(f"restarts: {len(runs) - failed_starts + (final is not None)} of {RUNS + 1} started; "
+idle = sum(1 for _, g in runs if not g)
+print(f"restarts: {len(runs) + (final is not None)} of {RUNS + 1} started; "
       f"clicks {sent}, missing {total_missing}, outside the window {outside}; "
-      f"torn last lines {torn}, bad lines elsewhere {bad}")
-ok = failed_starts == 0 and outside == 0 and bad == 0 and len(runs) == RUNS
+      f"torn last lines {torn}, bad lines elsewhere {bad}; runs without clicks {idle}; "
+      f"client errors {len(errors)}{': ' + errors[0] if errors else ''}")
+ok = (failed_starts == 0 and outside == 0 and bad == 0 and len(runs) == RUNS
+      and idle == 0 and not errors)
 print("VERDICT:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)

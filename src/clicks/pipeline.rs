@@ -366,7 +366,9 @@ async fn batcher(
                 if closed && rx.rings.depth() == 0 {
                     break;
                 }
-                wait = if taken < BUSY_BEAT_RECORDS && !stopped { (wait * 2).min(idle_beat) } else { beat };
+                // Busy: past the threshold, or as many as a beat may take (small batches).
+                let quiet = taken < BUSY_BEAT_RECORDS.min(limit);
+                wait = if quiet && !stopped { (wait * 2).min(idle_beat) } else { beat };
                 next_drain = tokio::time::Instant::now() + wait;
             }
         }

@@ -33,9 +33,10 @@
 //!    mid-write) or bytes the disk spoiled. Each damaged stretch is counted
 //!    (`cartlink_spill_corrupt_total`) and skipped, and reading goes on at the next whole frame
 //!    (one whose length fits, whose payload passes its CRC, and which reads as a JSON line), so
-//!    the records after a spoiled one are replayed too. A frame whose length was whole and only
-//!    its payload spoiled is one record lost, counted as dropped (`spill_error`); how many
-//!    records a stretch with a spoiled length held cannot be told.
+//!    the records after a spoiled one are replayed too (after a spoiled magic as well). Frames
+//!    whose lengths were whole and only their payloads spoiled are one record lost each,
+//!    counted as dropped (`spill_error`); how many records a stretch with a spoiled length, or
+//!    a torn tail, held cannot be told.
 //! 6. Size cap: the total bytes of all segments never exceed `max_bytes`. A batch that does not
 //!    fit is refused whole (policy *drop newest*: what is already on disk is older and is kept),
 //!    and its records are counted as `cartlink_clicks_dropped_total{reason="spill_full"}`.
@@ -177,7 +178,12 @@ impl Spill {
                 path,
                 len: p.end as u64,
                 records: p.records.len() as u64,
-                damaged: p.damaged,
+                // Replay reads up to `end`: the damage it will meet again, not a torn tail.
+                damaged: if p.damaged > 0 {
+                    parse(&data[..p.end]).damaged
+                } else {
+                    0
+                },
             };
             spill.bytes += seg.len;
             spill.records += seg.records;
@@ -297,10 +303,13 @@ impl Spill {
         let mut data = Vec::with_capacity(seg.len as usize);
         File::open(&seg.path)?.take(seg.len).read_to_end(&mut data)?;
         let p = parse(&data);
+        // New damage since it was written or opened: more stretches, or fewer records.
+        let fewer = (p.records.len() as u64) < seg.records;
+        let damaged = p.damaged.saturating_sub(seg.damaged).max(u64::from(fewer));
         Ok(Some(SegmentRead {
             seq: seg.seq,
             records: p.records.into_iter().map(<[u8]>::to_vec).collect(),
-            damaged: p.damaged.saturating_sub(seg.damaged),
+            damaged,
         }))
     }
 
@@ -387,12 +396,19 @@ pub struct Parsed<'a> {
 /// Parses a segment: its whole frames, skipping damaged stretches (see the module's top, 5).
 pub fn parse(data: &[u8]) -> Parsed<'_> {
     let mut out = Parsed::default();
-    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        out.damaged = u64::from(!data.is_empty());
+    if data.is_empty() {
         return out;
     }
     let mut at = MAGIC.len();
-    out.end = at;
+    out.end = at.min(data.len());
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        // A spoiled magic: the frames after it may still be whole.
+        out.damaged += 1;
+        match resync(data, MAGIC.len()) {
+            Some(p) => at = p,
+            None => return out,
+        }
+    }
     while at < data.len() {
         if let Some(payload) = frame(data, at) {
             out.records.push(payload);
@@ -401,21 +417,42 @@ pub fn parse(data: &[u8]) -> Parsed<'_> {
             continue;
         }
         out.damaged += 1;
-        // Only the payload spoiled: its length says where the next frame starts.
-        let next = length(data, at).map(|len| at + FRAME_HEADER + len);
-        if let Some(next) = next.filter(|&n| n == data.len() || frame(data, n).is_some()) {
-            out.lost += 1;
+        // Only payloads spoiled: their lengths lead to the next whole frame (or the end).
+        if let Some((next, spoiled)) = chain(data, at) {
+            out.lost += spoiled;
             at = next;
             continue;
         }
-        // Else the next place a whole frame starts, if any: one that reads as a JSON line,
-        // so the bytes of a record (ASCII, a length of 500 MB and more) are never taken for one.
-        match (at + 1..data.len()).find(|&p| frame(data, p).is_some_and(json_line)) {
+        match resync(data, at + 1) {
             Some(p) => at = p,
             None => break,
         }
     }
     out
+}
+
+/// From a frame that failed its CRC: the frames whose lengths fit, one after another (at most
+/// 16), up to a whole frame or the end of the data; where that is, and how many were skipped.
+fn chain(data: &[u8], mut at: usize) -> Option<(usize, u64)> {
+    for skipped in 1..=16 {
+        at += FRAME_HEADER + length(data, at)?;
+        if at == data.len() || frame(data, at).is_some() {
+            return Some((at, skipped));
+        }
+    }
+    None
+}
+
+/// The next place from `from` where a whole frame starts that reads as a JSON line, so the
+/// bytes of a record (ASCII: a length of 500 MB and more) are never taken for one. The
+/// payload's first and last bytes are looked at before its CRC is computed.
+fn resync(data: &[u8], from: usize) -> Option<usize> {
+    (from..data.len()).find(|&p| {
+        length(data, p).is_some_and(|len| {
+            let payload = &data[p + FRAME_HEADER..p + FRAME_HEADER + len];
+            json_line(payload) && frame(data, p).is_some()
+        })
+    })
 }
 
 /// The length in the frame header at `at`, if it is one a frame can have and fits in `data`.
@@ -583,11 +620,91 @@ mod tests {
         );
     }
 
+    #[test]
+    fn spoiled_payloads_in_a_row_and_a_spoiled_magic_cost_only_their_records() {
+        let clean = segment(10);
+        let frame = |i: usize| MAGIC.len() + i * (FRAME_HEADER + 8);
+        let mut d = clean.clone();
+        for i in [3, 4, 5] {
+            d[frame(i) + FRAME_HEADER + 1] ^= 0x02;
+        }
+        let p = parse(&d);
+        assert_eq!(numbers(&p), [0, 1, 2, 6, 7, 8, 9]);
+        assert_eq!((p.damaged, p.lost), (1, 3), "three records, each counted");
+        let mut d = clean.clone();
+        d[2] ^= 0xff;
+        let p = parse(&d);
+        assert_eq!(
+            numbers(&p),
+            (0..10).collect::<Vec<_>>(),
+            "a spoiled magic costs nothing else"
+        );
+        assert_eq!((p.damaged, p.lost, p.end), (1, 0, d.len()));
+    }
+
+    #[test]
+    fn damage_after_the_open_is_found_on_replay_even_past_a_torn_tail() {
+        let d = dir("late-damage");
+        let (mut s, _) = Spill::open(&d, 1 << 20, 1 << 20, Duration::ZERO).unwrap();
+        s.append(&batch(0, 5)).unwrap();
+        s.seal();
+        drop(s);
+        let path = std::fs::read_dir(&d).unwrap().next().unwrap().unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        data.truncate(data.len() - 3);
+        std::fs::write(&path, &data).unwrap();
+        let (mut s, damage) = Spill::open(&d, 1 << 20, 1 << 20, Duration::ZERO).unwrap();
+        assert_eq!((s.records(), damage.stretches), (4, 1), "the torn tail, at the open");
+        // Then the disk spoils a record the open counted.
+        data[MAGIC.len() + FRAME_HEADER + 2] ^= 0x01;
+        std::fs::write(&path, &data).unwrap();
+        let seg = s.oldest().unwrap().unwrap();
+        assert_eq!(
+            (seg.records.len(), seg.damaged),
+            (3, 1),
+            "found, not hidden by the tail"
+        );
+        assert_eq!(s.forget_records(seg.seq, 3), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Append(u8),
         Replay,
         Restart,
+    }
+
+    proptest! {
+        /// Whatever bytes of a segment are spoiled, cut or added, what is read back is a
+        /// subsequence of what was written: no record invented, none twice, order kept.
+        #[test]
+        fn damage_yields_a_subsequence_of_the_records(
+            n in 1u32..40,
+            edits in proptest::collection::vec((0usize..2000, any::<u8>(), 0u8..3), 1..8),
+            cut in proptest::option::of(0usize..2000),
+        ) {
+            let mut d = segment(n);
+            for (at, byte, how) in edits {
+                let at = at % d.len();
+                match how {
+                    0 => d[at] ^= byte | 1,
+                    1 => d.insert(at, byte),
+                    _ => { d.remove(at); }
+                }
+                if d.is_empty() {
+                    d.push(byte);
+                }
+            }
+            if let Some(c) = cut {
+                d.truncate(c % (d.len() + 1));
+            }
+            let got = numbers(&parse(&d));
+            let mut want = 0..n;
+            for g in &got {
+                prop_assert!(want.any(|w| w == *g), "{:?} is not a subsequence of 0..{}", got, n);
+            }
+        }
     }
 
     proptest! {
