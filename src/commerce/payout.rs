@@ -21,7 +21,7 @@
 //!   after the restart (with the same `Idempotency-Key`).
 
 use super::ledger::Ledger;
-use super::outbox::{Outbox, Pending};
+use super::outbox::{Enqueued, Outbox, Pending};
 use crate::clicks::http_sink::{client, exchange, HttpClient};
 use crate::clicks::retry::Backoff;
 use crate::config::PayoutSettings;
@@ -83,14 +83,19 @@ impl Payouts {
     }
 
     /// Queues `(commission_id, body)` records, synced to disk when this returns `Ok`; the
-    /// caller answers the webhook only then. Runs the disk work off the async workers.
-    /// Answers the ids queued now (not those known before).
+    /// caller answers the webhook only then. Runs the disk work off the async workers. Answers
+    /// the ids queued now (not those known before).
     pub async fn enqueue(&self, records: Vec<(Arc<str>, Bytes)>) -> std::io::Result<Vec<Arc<str>>> {
         let outbox = self.outbox.clone();
         let done = tokio::task::spawn_blocking(move || outbox.enqueue(&records))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
+        self.counted(done)
+    }
+
+    /// The metrics of one outbox write, and the sender woken when it queued something.
+    fn counted(&self, done: std::io::Result<Enqueued>) -> std::io::Result<Vec<Arc<str>>> {
         let m = &self.metrics;
         match done {
             Ok(e) => {
@@ -121,12 +126,9 @@ impl Payouts {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
-        let queued = outbox.enqueue(&missing)?;
-        self.metrics.queued.increment(queued.queued.len() as u64);
-        self.metrics.pending.set(outbox.pending() as f64);
-        self.wake.notify_one();
+        let queued = self.counted(outbox.enqueue(&missing))?;
         tracing::warn!(
-            queued = queued.queued.len(),
+            queued = queued.len(),
             "payout outbox: queued commissions the ledger holds and the outbox did not (a write after the ledger's failed, or a crash)"
         );
         Ok(missing.into_iter().map(|(_, body)| body).collect())

@@ -357,14 +357,14 @@ impl OrderRecords {
         };
         // The payment's own commission first: an attempt that wrote the ledger may not have
         // got it into the outbox, and a clawback must not reach the payout system alone.
-        let again = payouts && paid.payout == Some(true);
-        if again {
+        let for_payouts = payouts && paid.payout == Some(true);
+        if for_payouts {
             self.records.push(Made::again(paid_commission(order, &paid, ts)));
         }
         // Already on the ledger: Shopify delivered it again after this process forgot it (or
         // after the outbox write that followed the ledger's failed). Made again, as taken.
         if let Some(c) = paid.clawbacks.iter().find(|c| c.what == what) {
-            if again && c.payout == Some(true) {
+            if for_payouts && c.payout == Some(true) {
                 self.records
                     .push(Made::again(commission(order, what, &paid, -c.basis, -c.amount, ts)));
             }
@@ -377,15 +377,16 @@ impl OrderRecords {
         // A payment made while payouts were off never reached the payout system: its
         // clawback goes to the stream only. (Lines older than the flag are settled from the
         // outbox at start-up, see `Ledger::settle_payouts`.)
-        let payout = payouts && paid.payout == Some(true);
-        self.records
-            .push(Made::new(commission(order, what, &paid, -basis, -amount, ts), payout));
+        self.records.push(Made::new(
+            commission(order, what, &paid, -basis, -amount, ts),
+            for_payouts,
+        ));
         self.changes.push(Change::Clawed {
             order,
             basis,
             amount,
             what: Some(what.into()),
-            payout: Some(payout),
+            payout: Some(for_payouts),
         });
     }
 }
