@@ -218,7 +218,11 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
             };
             json(
                 StatusCode::OK,
-                serde_json::json!({"variant": variant, "available": app.inventory.available(variant)}),
+                serde_json::json!({
+                    "variant": variant,
+                    "available": app.inventory.available(variant),
+                    "inventory_policy": app.inventory.policy(variant),
+                }),
             )
         }
         (Method::GET, p) if p.starts_with("/admin/links/") => {

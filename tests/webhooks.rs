@@ -300,3 +300,117 @@ fn inventory_webhooks_reach_the_next_redirect() {
     assert!(deliver_then_redirect("i-2", 9, "2026-11-27T09:00:00-05:00").starts_with("https://brand.example/waitlist?"));
     assert!(deliver_then_redirect("i-3", 9, "2026-11-27T10:01:00-05:00").starts_with("https://brand.example/cart/"));
 }
+
+/// Shopify's "continue selling when out of stock" (pre-orders): a variant at zero stays in the
+/// cart once `products/update` says so, and goes once it says otherwise. The same delivery
+/// says which inventory item is the variant, which the link did not: its levels then reach
+/// it. Both outlive a restart.
+#[test]
+fn a_variant_that_keeps_selling_when_out_stays_in_the_cart() {
+    const PRE: &str = r#"{"id":"pre","creator":"jane","campaign":"s26","target":{"type":"shopify_cart","shop":"brand.example","items":[{"variant":9007199254740995,"qty":1},{"variant":40000000002,"qty":2}]},"stock":{"policy":"drop","threshold":0},"fallback":"https://brand.example/waitlist"}
+"#;
+    const BOTH: &str = "https://brand.example/cart/9007199254740995:1,40000000002:2?";
+    const ONLY_B: &str = "https://brand.example/cart/40000000002:2?";
+    let env = [("CARTLINK_SHOPIFY_WEBHOOK_SECRETS", "new-secret")];
+    let s = Server::start("webhooks-continue", PRE, &env);
+    let cart = |s: &Server| {
+        s.get(&path_for("pre"), &[("User-Agent", IPHONE)])
+            .location()
+            .to_string()
+    };
+    let deliver = |s: &Server, path: &str, topic: &str, id: &str, body: String| {
+        assert_eq!(
+            deliver_webhook(s, path, topic, id, body.as_bytes(), "new-secret"),
+            200,
+            "{id}"
+        );
+    };
+    let level = |n: i64, at: &str| {
+        format!(
+            r#"{{"inventory_item_id":271878346596884099,"location_id":24826418,"available":{n},"updated_at":"{at}"}}"#
+        )
+    };
+    let product = |policy: &str, at: &str| {
+        format!(
+            r#"{{"id":632910392,"title":"Kit","updated_at":"{at}","variants":[{{"id":9007199254740995,"product_id":632910392,"sku":"KIT-1","price":"19.00","inventory_policy":"{policy}","inventory_item_id":271878346596884099,"inventory_quantity":0,"inventory_management":"shopify","updated_at":"{at}"}}]}}"#
+        )
+    };
+    let (inv, products) = ("/webhooks/shopify/inventory", "/webhooks/shopify/products");
+    // The link does not name the variant's inventory item: its level of 0 reaches nothing.
+    deliver(
+        &s,
+        inv,
+        "inventory_levels/update",
+        "l-1",
+        level(0, "2026-11-27T10:00:00Z"),
+    );
+    assert!(cart(&s).starts_with(BOTH), "{}", cart(&s));
+    // The product says which item it is: the level counts, the variant is out.
+    deliver(
+        &s,
+        products,
+        "products/update",
+        "p-1",
+        product("deny", "2026-11-27T10:00:00Z"),
+    );
+    assert!(cart(&s).starts_with(ONLY_B), "{}", cart(&s));
+    // Continue selling: back in the cart at a level of 0.
+    deliver(
+        &s,
+        products,
+        "products/update",
+        "p-2",
+        product("continue", "2026-11-27T10:05:00Z"),
+    );
+    assert!(cart(&s).starts_with(BOTH), "{}", cart(&s));
+    let shown = s.admin("GET", "/admin/inventory/9007199254740995", b"");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&shown.body).unwrap(),
+        serde_json::json!({"variant": 9007199254740995u64, "available": 0, "inventory_policy": "continue"})
+    );
+    // An older update delivered late changes nothing.
+    deliver(
+        &s,
+        products,
+        "products/create",
+        "p-3",
+        product("deny", "2026-11-27T10:01:00Z"),
+    );
+    assert!(cart(&s).starts_with(BOTH), "{}", cart(&s));
+    // A payload that is not a product is refused and changes nothing.
+    assert_eq!(
+        deliver_webhook(
+            &s,
+            products,
+            "products/update",
+            "p-4",
+            br#"{"variants":[{"id":-1}]}"#,
+            "new-secret"
+        ),
+        400
+    );
+    let mut s = s;
+    s.signal("TERM");
+    s.wait_exit(std::time::Duration::from_secs(20));
+    let s = Server::start_in(dir_for_restart(s, "webhooks-continue-2", PRE), &env);
+    assert!(cart(&s).starts_with(BOTH), "the policy after a restart: {}", cart(&s));
+    // The admin API sets a policy by variant (stores other than Shopify).
+    let r = s.admin(
+        "POST",
+        "/admin/inventory",
+        br#"{"variant":9007199254740995,"inventory_policy":"deny"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(cart(&s).starts_with(ONLY_B), "{}", cart(&s));
+    // The item learned before the restart still reaches the variant.
+    deliver(
+        &s,
+        inv,
+        "inventory_levels/update",
+        "l-2",
+        level(5, "2026-11-27T10:10:00Z"),
+    );
+    assert!(cart(&s).starts_with(BOTH), "{}", cart(&s));
+    let r = s.admin("POST", "/admin/inventory", br#"{"variant":9007199254740995}"#);
+    assert_eq!(r.status, 400, "nothing to set: {}", r.body_text());
+}

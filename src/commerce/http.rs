@@ -1,5 +1,5 @@
-//! `POST /webhooks/shopify/orders` and `POST /webhooks/shopify/inventory` on the public
-//! listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
+//! `POST /webhooks/shopify/orders`, `/webhooks/shopify/inventory` and
+//! `/webhooks/shopify/products` on the public listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
 //! Answered as soon as the records are kept (well inside Shopify's 5 s), never after the payout
 //! system answers:
 //!
@@ -12,7 +12,7 @@
 //!    posted that the ledger does not hold. A record made again reaches the stream only if the
 //!    outbox queues it now; one whose outbox write failed after step 2 is in the stream twice
 //!    (same id).
-use super::inventory::Update;
+use super::inventory::{Product, Update};
 use super::ledger::Change;
 use super::webhooks::{Made, OrderRecords, Seen, WebhookError};
 use crate::redirect::Body;
@@ -34,9 +34,10 @@ fn answer(status: StatusCode, text: &'static str) -> Response<Body> {
 /// payout outbox).
 pub async fn shopify(app: &Arc<App>, path: &str, headers: &HeaderMap, body: Bytes) -> Response<Body> {
     let m = &app.metrics.webhooks;
-    let inventory = match path {
-        "/webhooks/shopify/orders" => false,
-        "/webhooks/shopify/inventory" => true,
+    let route = match path {
+        "/webhooks/shopify/orders" => Route::Orders,
+        "/webhooks/shopify/inventory" => Route::Inventory,
+        "/webhooks/shopify/products" => Route::Products,
         _ => return answer(StatusCode::NOT_FOUND, "not found\n"),
     };
     let hooks = &app.webhooks;
@@ -82,43 +83,44 @@ pub async fn shopify(app: &Arc<App>, path: &str, headers: &HeaderMap, body: Byte
     // limit, a deadline closes the connection) does not cut the writes short, and the orders
     // lock is held until they end.
     let topic = topic.to_string();
-    match tokio::spawn(apply(app.clone(), claim, topic, inventory, body, now_ms)).await {
+    match tokio::spawn(apply(app.clone(), claim, topic, route, body, now_ms)).await {
         Ok(resp) => resp,
         Err(_) => answer(StatusCode::SERVICE_UNAVAILABLE, "try again\n"),
     }
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Orders,
+    /// `inventory_levels/update` and `/disconnect`.
+    Inventory,
+    /// `products/create` and `products/update`: policies and item → variant.
+    Products,
 }
 
 async fn apply(
     app: Arc<App>,
     mut claim: Claim,
     topic: String,
-    inventory: bool,
+    route: Route,
     body: Bytes,
     now_ms: u64,
 ) -> Response<Body> {
     let (m, hooks, topic) = (&app.metrics.webhooks, &app.webhooks, topic.as_str());
-    // Orders deliveries one at a time, from reading the commission ledger to writing it (held
-    // by the claim, so a failed delivery is forgotten before the next one reads).
-    if !inventory {
-        claim._orders = Some(hooks.orders.clone().lock_owned().await);
-    }
-    let result = if inventory {
-        serde_json::from_slice::<Update>(&body)
+    let result = match route {
+        Route::Inventory => serde_json::from_slice::<Update>(&body)
             .map_err(|e| e.to_string())
-            .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default()))
-    } else {
-        // The snapshot is not held past this block (the outbox write below awaits).
-        let snap = app.state.load();
-        let ts = crate::clicks::record::rfc3339_ms(now_ms);
-        hooks
-            .order_records(topic, &body, &snap.links, &ts, now_ms, app.payouts.is_some())
-            .map(|mut out| {
-                for m in &mut out.records {
-                    m.record["edge"] = Value::from(&*snap.edge);
-                }
-                out
-            })
+            .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default())),
+        Route::Products => serde_json::from_slice::<Product>(&body)
             .map_err(|e| e.to_string())
+            .and_then(|p| app.inventory.apply_product(&p).map(|_| OrderRecords::default())),
+        Route::Orders => {
+            // Orders deliveries one at a time, from reading the commission ledger to writing
+            // it (held by the claim, so a failed delivery is forgotten before the next one
+            // reads).
+            claim._orders = Some(hooks.orders.clone().lock_owned().await);
+            order_records(&app, topic, &body, now_ms)
+        }
     };
     match result {
         Ok(OrderRecords { records, changes }) => {
@@ -140,6 +142,22 @@ async fn apply(
             answer(StatusCode::BAD_REQUEST, "bad payload\n")
         }
     }
+}
+
+/// An orders delivery's records and ledger changes. The snapshot is not held past this (the
+/// outbox write awaits).
+fn order_records(app: &App, topic: &str, body: &[u8], now_ms: u64) -> Result<OrderRecords, String> {
+    let snap = app.state.load();
+    let ts = crate::clicks::record::rfc3339_ms(now_ms);
+    app.webhooks
+        .order_records(topic, body, &snap.links, &ts, now_ms, app.payouts.is_some())
+        .map(|mut out| {
+            for m in &mut out.records {
+                m.record["edge"] = Value::from(&*snap.edge);
+            }
+            out
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// A delivery being applied. Unless it was applied, dropping it forgets the delivery id and

@@ -16,6 +16,14 @@
 //! after a deploy, until Shopify sent another update for it, which for an item nobody can buy
 //! may never come. A crash loses at most the last second of updates.
 //!
+//! A variant that sells when out of stock never counts as out, whatever its level: Shopify's
+//! "continue selling when out of stock" (`inventory_policy: "continue"`, pre-orders and
+//! backorders) and variants whose stock Shopify does not track (`inventory_management: null`).
+//! Both come from the `products/create` and `products/update` webhooks (which also say which
+//! inventory item is which variant, so a link need not), or from `POST /admin/inventory` by
+//! variant (`"inventory_policy":"continue"`, for stores other than Shopify), and are applied by
+//! time and saved like levels.
+//!
 //! The redirect path never touches a map: every link that watches a variant holds that
 //! variant's [`Slot`] (one atomic), bound when the links table is installed. Updates take the
 //! maps' shard locks and then store into the slot, so a change is visible to the very next
@@ -33,15 +41,51 @@ use std::sync::Arc;
 pub const UNKNOWN: i64 = i64::MIN;
 
 #[derive(Debug)]
-pub struct Slot(AtomicI64);
+pub struct Slot {
+    available: AtomicI64,
+    sells_when_out: AtomicBool,
+}
 
 impl Slot {
+    fn new() -> Slot {
+        Slot {
+            available: AtomicI64::new(UNKNOWN),
+            sells_when_out: AtomicBool::new(false),
+        }
+    }
+
     pub fn available(&self) -> Option<i64> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.available.load(Ordering::Relaxed) {
             UNKNOWN => None,
             n => Some(n),
         }
     }
+
+    /// Out of stock for a rule that counts `threshold` and below as out: never for a variant
+    /// that sells when out, or whose stock nobody reported.
+    pub fn out(&self, threshold: i64) -> bool {
+        !self.sells_when_out.load(Ordering::Relaxed) && self.available().is_some_and(|n| n <= threshold)
+    }
+
+    pub fn sells_when_out(&self) -> bool {
+        self.sells_when_out.load(Ordering::Relaxed)
+    }
+}
+
+/// What a variant does when its stock runs out, in Shopify's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InventoryPolicy {
+    /// Stops selling: counts as out at the rule's threshold (the default).
+    Deny,
+    /// Keeps selling (pre-orders, backorders, untracked stock): never counts as out.
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct PolicyAt {
+    policy: InventoryPolicy,
+    updated_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -65,19 +109,28 @@ pub struct Inventory {
     slots: DashMap<u64, Arc<Slot>>,
     /// inventory item → levels per location.
     levels: DashMap<u64, Vec<Level>>,
-    /// inventory item → variant (Shopify: one to one), from the links file.
+    /// inventory item → variant (Shopify: one to one), from the links file and the products
+    /// webhook.
     item_variant: DashMap<u64, u64>,
+    /// variant → its policy, and when that was set.
+    policies: DashMap<u64, PolicyAt>,
     /// Where the state is saved; none: kept in memory only.
     file: Option<PathBuf>,
     /// Changed since the last save.
     dirty: AtomicBool,
 }
 
-/// The saved state: every known total, and the levels they are made of.
+/// The saved state: every known total, the levels they are made of, the policies, and which
+/// item is which variant (learned from the products webhook, so it must outlive a restart;
+/// those from the links file are bound again at start).
 #[derive(Serialize, Deserialize)]
 struct Saved {
     variants: BTreeMap<u64, i64>,
     levels: BTreeMap<u64, Vec<Level>>,
+    #[serde(default)]
+    policies: BTreeMap<u64, PolicyAt>,
+    #[serde(default)]
+    items: BTreeMap<u64, u64>,
 }
 
 impl Inventory {
@@ -95,10 +148,19 @@ impl Inventory {
         let saved: Saved = serde_json::from_slice(&text)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", file.display())))?;
         for (variant, n) in saved.variants {
-            inv.slot(variant).0.store(n, Ordering::Relaxed);
+            inv.slot(variant).available.store(n, Ordering::Relaxed);
         }
         for (item, levels) in saved.levels {
             inv.levels.insert(item, levels);
+        }
+        for (variant, p) in saved.policies {
+            inv.slot(variant)
+                .sells_when_out
+                .store(p.policy == InventoryPolicy::Continue, Ordering::Relaxed);
+            inv.policies.insert(variant, p);
+        }
+        for (item, variant) in saved.items {
+            inv.item_variant.insert(item, variant);
         }
         Ok(inv)
     }
@@ -116,6 +178,8 @@ impl Inventory {
                 .filter_map(|e| e.value().available().map(|n| (*e.key(), n)))
                 .collect(),
             levels: self.levels.iter().map(|e| (*e.key(), e.value().clone())).collect(),
+            policies: self.policies.iter().map(|e| (*e.key(), *e.value())).collect(),
+            items: self.item_variant.iter().map(|e| (*e.key(), *e.value())).collect(),
         };
         let written = super::journal::write_whole(file, &serde_json::to_vec(&saved).map_err(io::Error::other)?);
         if written.is_err() {
@@ -128,16 +192,18 @@ impl Inventory {
     pub fn slot(&self, variant: u64) -> Arc<Slot> {
         self.slots
             .entry(variant)
-            .or_insert_with(|| Arc::new(Slot(AtomicI64::new(UNKNOWN))))
+            .or_insert_with(|| Arc::new(Slot::new()))
             .clone()
     }
 
     pub fn map_item(&self, inventory_item: u64, variant: u64) {
-        self.item_variant.insert(inventory_item, variant);
+        if self.item_variant.insert(inventory_item, variant) != Some(variant) {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
         // Levels that arrived before the mapping count now, for a variant with no total yet.
         // One it has (saved, or set since by variant) stays: the levels may be older.
         if let Some(levels) = self.levels.get(&inventory_item) {
-            let _ = self.slot(variant).0.compare_exchange(
+            let _ = self.slot(variant).available.compare_exchange(
                 UNKNOWN,
                 levels.iter().map(|l| l.available).sum(),
                 Ordering::Relaxed,
@@ -148,8 +214,33 @@ impl Inventory {
 
     /// Sets a variant's total directly (admin API, by variant).
     pub fn set_variant(&self, variant: u64, available: i64) {
-        self.slot(variant).0.store(available, Ordering::Relaxed);
+        self.slot(variant).available.store(available, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets a variant's policy if it is newer than the one held, or as new (the later arrival
+    /// wins, as for levels).
+    pub fn apply_policy(&self, variant: u64, policy: InventoryPolicy, updated_ms: u64) -> Applied {
+        let mut held = self.policies.entry(variant).or_insert(PolicyAt {
+            policy: InventoryPolicy::Deny,
+            updated_ms: 0,
+        });
+        if held.updated_ms > updated_ms {
+            return Applied::Stale;
+        }
+        *held = PolicyAt { policy, updated_ms };
+        let slot = self.slot(variant);
+        slot.sells_when_out
+            .store(policy == InventoryPolicy::Continue, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+        Applied::Updated {
+            variant: Some(variant),
+            total: slot.available.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn policy(&self, variant: u64) -> InventoryPolicy {
+        self.policies.get(&variant).map_or(InventoryPolicy::Deny, |p| p.policy)
     }
 
     /// Applies one (item, location) level if it is newer than the one held, or as new and
@@ -174,7 +265,7 @@ impl Inventory {
         };
         let variant = self.item_variant.get(&item).map(|v| *v);
         if let Some(v) = variant {
-            self.slot(v).0.store(total, Ordering::Relaxed);
+            self.slot(v).available.store(total, Ordering::Relaxed);
         }
         self.dirty.store(true, Ordering::Relaxed);
         Applied::Updated { variant, total }
@@ -200,19 +291,39 @@ pub enum Update {
         #[serde(default)]
         updated_at: Option<String>,
     },
-    /// A variant's total, set directly.
-    Variant { variant: u64, available: i64 },
+    /// A variant's total, its policy, or both, set directly.
+    Variant {
+        variant: u64,
+        #[serde(default)]
+        available: Option<i64>,
+        #[serde(default)]
+        inventory_policy: Option<InventoryPolicy>,
+    },
 }
 
 impl Inventory {
     /// Applies one update; `Err` names what was wrong with it.
     pub fn apply(&self, u: &Update) -> Result<Applied, String> {
         match u {
-            Update::Variant { variant, available } => {
-                self.set_variant(*variant, *available);
+            Update::Variant {
+                variant,
+                available,
+                inventory_policy,
+            } => {
+                if available.is_none() && inventory_policy.is_none() {
+                    return Err(format!(
+                        "variant {variant}: nothing to set (give `available`, `inventory_policy` or both)"
+                    ));
+                }
+                if let Some(n) = available {
+                    self.set_variant(*variant, *n);
+                }
+                if let Some(p) = inventory_policy {
+                    self.apply_policy(*variant, *p, now_ms());
+                }
                 Ok(Applied::Updated {
                     variant: Some(*variant),
-                    total: *available,
+                    total: self.slot(*variant).available.load(Ordering::Relaxed),
                 })
             }
             Update::Level {
@@ -238,19 +349,89 @@ impl Update {
     /// for every update of a list before any is applied, so a list is applied whole or not at
     /// all.
     pub fn level_time_ms(&self, now_ms: u64) -> Result<u64, String> {
-        let Update::Level { updated_at, .. } = self else {
-            return Ok(now_ms);
-        };
-        let Some(at) = updated_at else { return Ok(now_ms) };
-        let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| format!("updated_at `{at}`: {e}"))?;
-        let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        if ms > now_ms + MAX_AHEAD_MS {
-            return Err(format!(
-                "updated_at `{at}` is more than an hour ahead of this server's clock"
-            ));
+        match self {
+            Update::Level { updated_at, .. } => time_ms(updated_at.as_deref(), now_ms),
+            Update::Variant { .. } => Ok(now_ms),
         }
-        Ok(ms)
+    }
+}
+
+/// An `updated_at`'s time (now without one), or why it cannot be used.
+fn time_ms(updated_at: Option<&str>, now_ms: u64) -> Result<u64, String> {
+    let Some(at) = updated_at else { return Ok(now_ms) };
+    let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("updated_at `{at}`: {e}"))?;
+    let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    if ms > now_ms + MAX_AHEAD_MS {
+        return Err(format!(
+            "updated_at `{at}` is more than an hour ahead of this server's clock"
+        ));
+    }
+    Ok(ms)
+}
+
+/// Shopify's `products/create` and `products/update` payload, the parts stock needs. Any other
+/// product topic (`products/delete` carries only the id) has no variants and changes nothing.
+#[derive(Debug, Deserialize)]
+pub struct Product {
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    variants: Vec<ProductVariant>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProductVariant {
+    id: u64,
+    #[serde(default)]
+    inventory_item_id: Option<u64>,
+    #[serde(default)]
+    inventory_policy: Option<InventoryPolicy>,
+    /// Absent (a payload trimmed with `include_fields`) says nothing; `null` says Shopify does
+    /// not track this variant's stock, so it always sells.
+    #[serde(default, deserialize_with = "present")]
+    inventory_management: Option<Option<String>>,
+    #[serde(default)]
+    updated_at: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl ProductVariant {
+    fn policy(&self) -> Option<InventoryPolicy> {
+        match (&self.inventory_management, self.inventory_policy) {
+            (Some(None), _) => Some(InventoryPolicy::Continue),
+            (_, policy) => policy,
+        }
+    }
+}
+
+impl Inventory {
+    /// Applies a product's variants: which inventory item is which variant, and each variant's
+    /// policy by its `updated_at` (the product's where a variant has none). Every time is
+    /// checked first, so a product is applied whole or not at all. Returns how many policies
+    /// changed and how many were stale.
+    pub fn apply_product(&self, product: &Product) -> Result<(usize, usize), String> {
+        let now = now_ms();
+        let times = product
+            .variants
+            .iter()
+            .map(|v| time_ms(v.updated_at.as_deref().or(product.updated_at.as_deref()), now))
+            .collect::<Result<Vec<u64>, String>>()?;
+        let (mut applied, mut stale) = (0, 0);
+        for (v, ms) in product.variants.iter().zip(times) {
+            if let Some(item) = v.inventory_item_id {
+                self.map_item(item, v.id);
+            }
+            match v.policy().map(|p| self.apply_policy(v.id, p, ms)) {
+                Some(Applied::Updated { .. }) => applied += 1,
+                Some(Applied::Stale) => stale += 1,
+                None => {}
+            }
+        }
+        Ok((applied, stale))
     }
 }
 
@@ -325,6 +506,104 @@ mod tests {
         let typo = serde_json::from_str::<Update>(&level("2999-01-01T00:00:00Z", 1)).unwrap();
         assert!(inv.apply(&typo).unwrap_err().contains("ahead"));
         assert_eq!(inv.available(40), Some(9));
+    }
+
+    #[test]
+    fn a_variant_that_sells_when_out_never_counts_as_out() {
+        let inv = Inventory::default();
+        let slot = inv.slot(9_007_199_254_740_993);
+        inv.set_variant(9_007_199_254_740_993, 0);
+        assert!(slot.out(0) && slot.out(2));
+        assert_eq!(
+            inv.apply_policy(9_007_199_254_740_993, InventoryPolicy::Continue, 2000),
+            Applied::Updated {
+                variant: Some(9_007_199_254_740_993),
+                total: 0
+            }
+        );
+        assert!(!slot.out(0) && !slot.out(2), "pre-orders keep selling");
+        assert_eq!(slot.available(), Some(0), "the level itself is kept");
+        assert_eq!(
+            inv.apply_policy(9_007_199_254_740_993, InventoryPolicy::Deny, 1999),
+            Applied::Stale,
+            "a late delivery"
+        );
+        assert!(!slot.out(0));
+        inv.apply_policy(9_007_199_254_740_993, InventoryPolicy::Deny, 2000);
+        assert!(slot.out(0), "the later arrival of the same second wins");
+        // Unknown stock is in stock whatever the policy.
+        assert!(!inv.slot(1).out(0));
+    }
+
+    #[test]
+    fn a_product_update_sets_policies_and_maps_items_whole_or_not_at_all() {
+        let inv = Inventory::default();
+        // Levels for an item no link named: they reach its variant once the product says
+        // which variant it is.
+        inv.apply_level(271_878_346_596_884_015, 1, 0, 1000);
+        let product = |policy: &str, management: &str, at: &str| {
+            format!(
+                r#"{{"id":632910392,"title":"Kit","updated_at":"2026-01-01T00:00:00Z","variants":[
+                {{"id":9007199254740993,"product_id":632910392,"inventory_policy":"{policy}","inventory_item_id":271878346596884015,"inventory_management":{management},"inventory_quantity":0,"updated_at":"{at}"}},
+                {{"id":40000000002,"inventory_policy":"deny","inventory_item_id":341629}},
+                {{"id":40000000003,"inventory_item_id":341630}}]}}"#
+            )
+        };
+        let apply = |json: &str| inv.apply_product(&serde_json::from_str::<Product>(json).unwrap());
+        assert_eq!(
+            apply(&product("continue", r#""shopify""#, "2026-01-02T00:00:00Z")),
+            Ok((2, 0))
+        );
+        assert_eq!(
+            inv.available(9_007_199_254_740_993),
+            Some(0),
+            "the item's level reached it"
+        );
+        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Continue);
+        assert!(!inv.slot(9_007_199_254_740_993).out(0));
+        assert_eq!(inv.policy(40_000_000_002), InventoryPolicy::Deny);
+        // A variant without a policy (a trimmed payload) keeps the one it has.
+        assert!(!inv.policies.contains_key(&40_000_000_003));
+        assert_eq!(inv.item_variant.get(&341_630).map(|v| *v), Some(40_000_000_003));
+        // Older than the policy held.
+        assert_eq!(
+            apply(&product("deny", r#""shopify""#, "2026-01-01T12:00:00Z")),
+            Ok((1, 1))
+        );
+        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Continue);
+        // Stock Shopify does not track always sells, whatever the policy says.
+        assert_eq!(apply(&product("deny", "null", "2026-01-03T00:00:00Z")), Ok((2, 0)));
+        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Continue);
+        assert_eq!(
+            apply(&product("deny", r#""shopify""#, "2026-01-04T00:00:00Z")),
+            Ok((2, 0))
+        );
+        assert!(inv.slot(9_007_199_254_740_993).out(0));
+        // One bad time: nothing applied.
+        let e = apply(&product("continue", r#""shopify""#, "2999-01-01T00:00:00Z")).unwrap_err();
+        assert!(e.contains("ahead"), "{e}");
+        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Deny);
+        // `products/delete` has no variants.
+        assert_eq!(apply(r#"{"id":632910392}"#), Ok((0, 0)));
+        // Policies and learned items outlive a restart.
+        let dir = crate::scratch_dir("inventory", "policies");
+        let file = dir.join("inventory.json");
+        let saved = Inventory::open(file.clone()).unwrap();
+        saved
+            .apply_product(
+                &serde_json::from_str::<Product>(&product("continue", r#""shopify""#, "2026-01-02T00:00:00Z")).unwrap(),
+            )
+            .unwrap();
+        saved.save().unwrap();
+        let back = Inventory::open(file).unwrap();
+        assert!(!back.slot(9_007_199_254_740_993).out(0));
+        back.apply_level(341_629, 1, 0, 5000);
+        assert_eq!(
+            back.available(40_000_000_002),
+            Some(0),
+            "the learned item still reaches its variant"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -208,9 +208,7 @@ impl StockRule {
     }
 
     fn out(&self, slot: &OnceLock<Arc<Slot>>) -> bool {
-        slot.get()
-            .and_then(|s| s.available())
-            .is_some_and(|n| n <= self.threshold)
+        slot.get().is_some_and(|s| s.out(self.threshold))
     }
 
     fn render(&self, ids: &[Option<u64>]) -> Result<Destination, String> {
