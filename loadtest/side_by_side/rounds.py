@@ -9,6 +9,8 @@ against the second as well. Where the runs carry wrk's whole distribution (`tail
 also prints each target's median latency at p75-p99.9 and, per percentile, cartlink's ratio to
 nginx's: the shape, which at 64 connections is far steadier from round to round than p99.
 With `NGINX_LOG=1` (an `nginx-log` target), each comparison with nginx is made with it too.
+With `NGINX_AA=1` (an `nginx-aa` target, a second identical nginx), the same counts for nginx
+against itself: the A/A control that says how often a server equal to nginx is at or below it.
 
     python3 loadtest/side_by_side/rounds.py /tmp/cartlink-side-by-side.json
 """
@@ -33,7 +35,7 @@ def line(label, rs, goal):
 def main(path):
     runs = json.load(open(path))["runs"]
     cartlinks = [t for t in runs if t.startswith("cartlink")]
-    for c in cartlinks:
+    for c in cartlinks + [t for t in runs if t == "nginx-aa"]:
         print(f"{c}, per round:")
         for ref in (t for t in ("nginx", "nginx-log") if t in runs):
             for key, name in KEYS:
@@ -56,7 +58,7 @@ def tails(runs, cartlinks):
     print(f"  {'target':<12}" + "".join(f"{'p' + p:>8}" for p in pcts))
     for t, rs in runs.items():
         print(f"  {t:<12}" + "".join(f"{statistics.median(r['pct'][p] for r in rs) / 1000:>8.3f}" for p in pcts))
-    for c in cartlinks:
+    for c in cartlinks + [t for t in runs if t == "nginx-aa"]:
         for ref in (t for t in ("nginx", "nginx-log") if t in runs):
             print(f"{c} against {ref} by percentile, per round (median ratio, rounds at or below):")
             cells = []

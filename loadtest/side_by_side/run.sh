@@ -14,6 +14,10 @@
 #   NGINX_LOG=1 loadtest/side_by_side/run.sh   # adds nginx-log: the same nginx writing a JSON
 #                                   # access-log line per request shaped like cartlink's click
 #                                   # record (423 bytes, buffered 256 KiB), to the same disk
+#   NGINX_AA=1 loadtest/side_by_side/run.sh   # adds nginx-aa: a second, identical nginx, the
+#                                   # A/A control: how often the same server "wins" a round
+#                                   # against itself, which is what a per-round count of
+#                                   # cartlink against nginx should be read against
 #   RATE=20000 loadtest/side_by_side/run.sh    # open loop: oha at 20,000 req/s with latency
 #                                   # correction in place of wrk's closed loop (tails.py), same
 #                                   # core, connections and paths; needs oha (cargo install oha).
@@ -63,6 +67,7 @@ python3 loadtest/side_by_side/tails.py "$BENCH/side-by-side" ${RATE:+--fixed-rat
   ${CARTLINK_BIN_B:+--target cartlink-b 18103 "$WORK/cartlink.sh 18103 $CARTLINK_BIN_B"} \
   --target nginx 18101 "$BENCH/nginx-baseline 18101 $WORK/links.tsv" \
   ${NGINX_LOG:+--target nginx-log 18104 "$WORK/nginx-logging 18104 $WORK/links.tsv"} \
+  ${NGINX_AA:+--target nginx-aa 18105 "$BENCH/nginx-baseline 18105 $WORK/links.tsv"} \
   --target floor 18102 "/tmp/floor-target/release/redirect-floor 18102 $WORK/links.tsv" || status=$?
 # tails.py is the harness itself plus wrk's whole latency distribution in the JSON.
 # The medians above hide how often each comparison held; these are the per-round counts.
