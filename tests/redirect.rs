@@ -40,7 +40,7 @@ fn every_target_type_has_its_exact_location() {
         ("plain", "", 302, "https://brand.example/p?x=1&utm_source=instagram&cl_click={ID}#top"),
         ("kit", "", 302, "https://brand.example/cart/9007199254740993:1,40000000002:2?discount=JANE15&ref=jane&attributes%5Bcl_link%5D=kit&attributes%5Bcl_click%5D={ID}"),
         ("kit-fr", "", 302, "https://brand.example/fr/cart/1:1?ref=jane&attributes%5Bcl_link%5D=kit-fr&storefront=true&attributes%5Bcl_click%5D={ID}"),
-        ("buy", "", 303, "https://brand.example/buy/18446744073709551615:3?discounts%2Fcodes%2F0=JANE15&attribution%2Fref=jane&attribution%2Futm_source=tiktok&attribution%2Fcl_click={ID}"),
+        ("buy", "", 303, "https://brand.example/buy/18446744073709551615:3?discounts%2Fcodes%2F0=JANE15&attribution%2Fref=jane&attribution%2Fcl_link=buy&attribution%2Futm_source=tiktok&attribution%2Fcl_click={ID}"),
         ("woo", "", 302, "https://mugs.example/?add-to-cart=123&quantity=2&variation_id=456&coupon=SAM10&cl_click={ID}"),
         ("woo-link", "", 302, "https://mugs.example/checkout-link/?products=123%3A2%2C999%3A1&coupon=SAM10&cl_click={ID}"),
         ("bc", "", 302, "https://tees.example/cart.php?action=add&sku=TEE-RED-XL&qty=1&couponcode=LEE5&cl_click={ID}"),

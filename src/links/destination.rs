@@ -516,6 +516,9 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
                         d.pair("discounts/codes/0", code);
                     }
                     d.pair("attribution/ref", p.creator);
+                    if !p.link_id.is_empty() {
+                        d.pair("attribution/cl_link", p.link_id);
+                    }
                     for (k, v) in p.utm {
                         d.pair(&format!("attribution/{k}"), v);
                     }

@@ -44,6 +44,7 @@ pub const INPUTS: &[&str] = &[
     "attributes[cl_click]",
     "attributes%5Bcl_click%5D",
     "attribution/cl_click",
+    "attribution/cl_link",
     "attribution%2Fref",
     "attribution/fbclid",
     "discounts/codes/0",
