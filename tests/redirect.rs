@@ -12,6 +12,7 @@ const LINKS: &str = r##"{"id":"jane-serum","creator":"jane","campaign":"summer26
 {"id":"woo","creator":"sam","campaign":"mugs","discount":"SAM10","target":{"type":"woocommerce_cart","shop":"mugs.example","items":[{"product":123,"variation":456,"qty":2}]}}
 {"id":"woo-link","creator":"sam","campaign":"mugs","discount":"SAM10","target":{"type":"woocommerce_cart","format":"checkout_link","shop":"mugs.example","items":[{"product":123,"qty":2},{"product":124,"variation":999,"qty":1}]}}
 {"id":"bc","creator":"lee","campaign":"tees","discount":"LEE5","target":{"type":"bigcommerce_cart","shop":"tees.example","items":[{"sku":"TEE-RED-XL","qty":1}]}}
+{"id":"bc-buy","creator":"lee","campaign":"tees","discount":"LEE5","target":{"type":"bigcommerce_cart","format":"buy","shop":"tees.example","items":[{"product":77,"qty":2}]}}
 {"id":"bc-co","creator":"lee","campaign":"tees","discount":"LEE5","target":{"type":"bigcommerce_cart","format":"checkout","shop":"tees.example","items":[{"product":77,"qty":1},{"sku":"CAP-1","qty":2}]},"redirect":307}
 {"id":"paused","creator":"lee","campaign":"tees","discount":"LEE5","target":{"type":"url","url":"https://tees.example/drop"},"status":"paused","fallback":"https://tees.example/waitlist"}
 {"id":"expired","creator":"lee","campaign":"tees","target":{"type":"url","url":"https://tees.example/old"},"expires_at":"2020-01-01T00:00:00Z"}
@@ -44,6 +45,7 @@ fn every_target_type_has_its_exact_location() {
         ("woo", "", 302, "https://mugs.example/?add-to-cart=123&quantity=2&variation_id=456&coupon=SAM10&cl_click={ID}"),
         ("woo-link", "", 302, "https://mugs.example/checkout-link/?products=123%3A2%2C999%3A1&coupon=SAM10&cl_click={ID}"),
         ("bc", "", 302, "https://tees.example/cart.php?action=add&sku=TEE-RED-XL&qty=1&couponcode=LEE5&cl_click={ID}"),
+        ("bc-buy", "", 302, "https://tees.example/cart.php?action=buy&product_id=77&qty=2&couponcode=LEE5&cl_click={ID}"),
         ("bc-co", "", 307, "https://tees.example/checkout/?products=77%3A1%2CCAP-1%3A2&coupon=LEE5&cl_click={ID}"),
         ("paused", "", 302, "https://tees.example/waitlist?cl_click={ID}"),
         ("expired", "", 302, "https://tees.example/?cl_click={ID}"),

@@ -317,9 +317,11 @@ pub struct BigItem {
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BigFormat {
-    /// Stencil `/cart.php?action=add&product_id=…`: one product.
+    /// Stencil `/cart.php?action=add&product_id=…`: one product, to the cart.
     #[default]
     Cart,
+    /// Stencil `/cart.php?action=buy&product_id=…`: one product, straight to checkout.
+    Buy,
     /// `/checkout/?products=ID:N,…&coupon=CODE`: a new cart on every visit.
     Checkout,
 }

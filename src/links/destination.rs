@@ -582,13 +582,16 @@ pub(crate) fn render(target: &TargetConfig, p: &LinkParams, apply_discount: bool
             };
             let mut pairs: Vec<(&str, String)> = Vec::new();
             match format {
-                BigFormat::Cart => {
+                BigFormat::Cart | BigFormat::Buy => {
                     let [item] = items.as_slice() else {
-                        return Err("bigcommerce `cart` takes exactly one item; use `checkout` for several".into());
+                        return Err(
+                            "bigcommerce `cart` and `buy` take exactly one item; use `checkout` for several".into(),
+                        );
                     };
                     check_qty(item.qty)?;
                     base.push_str("/cart.php");
-                    pairs.push(("action", "add".into()));
+                    let action = if *format == BigFormat::Buy { "buy" } else { "add" };
+                    pairs.push(("action", action.into()));
                     pairs.push((
                         if item.product.is_some() { "product_id" } else { "sku" },
                         item_id(item)?,
