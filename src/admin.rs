@@ -222,6 +222,7 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, path: String) -> Respo
                     "variant": variant,
                     "available": app.inventory.available(variant),
                     "inventory_policy": app.inventory.policy(variant),
+                    "sells_when_out": app.inventory.sells_when_out(variant),
                 }),
             )
         }

@@ -325,10 +325,23 @@ fn reload_under_load_fails_no_request() {
             })
         })
         .collect();
+    // RSS after the first 10 reloads (the clients' connections, the click queue and the
+    // allocator's caches warmed) against after all 100: the fault matrix allows 5 % drift.
+    let pid = s.child.id();
+    let mut warm_rss = 0;
     for n in 1..=100 {
         let r = s.admin("PUT", "/admin/links", v(n).as_bytes());
         assert_eq!(r.status, 200, "{}", r.body_text());
+        if n == 10 {
+            warm_rss = status_kb(pid, "VmRSS:");
+        }
     }
+    let rss = status_kb(pid, "VmRSS:");
+    eprintln!("RSS after 10 reloads {warm_rss} kB, after 100 {rss} kB");
+    assert!(
+        rss * 100 <= warm_rss * 105,
+        "RSS drifted from {warm_rss} kB after 10 reloads to {rss} kB after 100"
+    );
     // One more request per client after the last swap must come from the newest table.
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);

@@ -366,7 +366,7 @@ fn a_variant_that_keeps_selling_when_out_stays_in_the_cart() {
     let shown = s.admin("GET", "/admin/inventory/9007199254740995", b"");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&shown.body).unwrap(),
-        serde_json::json!({"variant": 9007199254740995u64, "available": 0, "inventory_policy": "continue"})
+        serde_json::json!({"variant": 9007199254740995u64, "available": 0, "inventory_policy": "continue", "sells_when_out": true})
     );
     // An older update delivered late changes nothing.
     deliver(
@@ -377,7 +377,8 @@ fn a_variant_that_keeps_selling_when_out_stays_in_the_cart() {
         product("deny", "2026-11-27T10:01:00Z"),
     );
     assert!(cart(&s).starts_with(BOTH), "{}", cart(&s));
-    // A payload that is not a product is refused and changes nothing.
+    // A payload that is not a product is refused and changes nothing; so is another topic's
+    // subscription pointed at this address.
     assert_eq!(
         deliver_webhook(
             &s,
@@ -388,6 +389,48 @@ fn a_variant_that_keeps_selling_when_out_stays_in_the_cart() {
             "new-secret"
         ),
         400
+    );
+    assert_eq!(
+        deliver_webhook(&s, products, "orders/paid", "p-5", br#"{"id":1}"#, "new-secret"),
+        400
+    );
+    // Stock Shopify stops tracking (API 2024-07 and later say so on the inventory item) sells
+    // whatever the policy; tracked again, the policy decides.
+    let item = |tracked: bool, at: &str| {
+        format!(
+            r#"{{"id":271878346596884099,"sku":"KIT-1","tracked":{tracked},"updated_at":"{at}","admin_graphql_api_id":"gid://shopify/InventoryItem/271878346596884099"}}"#
+        )
+    };
+    deliver(
+        &s,
+        products,
+        "products/update",
+        "p-6",
+        product("deny", "2026-11-27T10:06:00Z"),
+    );
+    assert!(cart(&s).starts_with(ONLY_B), "{}", cart(&s));
+    deliver(
+        &s,
+        inv,
+        "inventory_items/update",
+        "t-1",
+        item(false, "2026-11-27T10:06:00Z"),
+    );
+    assert!(cart(&s).starts_with(BOTH), "untracked: {}", cart(&s));
+    deliver(
+        &s,
+        inv,
+        "inventory_items/update",
+        "t-2",
+        item(true, "2026-11-27T10:07:00Z"),
+    );
+    assert!(cart(&s).starts_with(ONLY_B), "tracked: {}", cart(&s));
+    deliver(
+        &s,
+        products,
+        "products/update",
+        "p-7",
+        product("continue", "2026-11-27T10:08:00Z"),
     );
     let mut s = s;
     s.signal("TERM");

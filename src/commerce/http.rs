@@ -12,7 +12,7 @@
 //!    posted that the ledger does not hold. A record made again reaches the stream only if the
 //!    outbox queues it now; one whose outbox write failed after step 2 is in the stream twice
 //!    (same id).
-use super::inventory::{Product, Update};
+use super::inventory::{InventoryItem, Product, Update};
 use super::ledger::Change;
 use super::webhooks::{Made, OrderRecords, Seen, WebhookError};
 use crate::redirect::Body;
@@ -92,7 +92,8 @@ pub async fn shopify(app: &Arc<App>, path: &str, headers: &HeaderMap, body: Byte
 #[derive(Clone, Copy)]
 enum Route {
     Orders,
-    /// `inventory_levels/update` and `/disconnect`.
+    /// `inventory_levels/update` and `/disconnect`; `inventory_items/create` and `/update`
+    /// (whether the item's stock is tracked).
     Inventory,
     /// `products/create` and `products/update`: policies and item → variant.
     Products,
@@ -108,9 +109,14 @@ async fn apply(
 ) -> Response<Body> {
     let (m, hooks, topic) = (&app.metrics.webhooks, &app.webhooks, topic.as_str());
     let result = match route {
+        Route::Inventory if topic.starts_with("inventory_items/") => serde_json::from_slice::<InventoryItem>(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|i| app.inventory.apply_item(&i).map(|_| OrderRecords::default())),
         Route::Inventory => serde_json::from_slice::<Update>(&body)
             .map_err(|e| e.to_string())
             .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default())),
+        // A subscription of another topic pointed here by mistake is refused, not dropped.
+        Route::Products if !topic.starts_with("products/") => Err(format!("topic `{topic}` is not a products topic")),
         Route::Products => serde_json::from_slice::<Product>(&body)
             .map_err(|e| e.to_string())
             .and_then(|p| app.inventory.apply_product(&p).map(|_| OrderRecords::default())),

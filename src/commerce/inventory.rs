@@ -18,10 +18,10 @@
 //!
 //! A variant that sells when out of stock never counts as out, whatever its level: Shopify's
 //! "continue selling when out of stock" (`inventory_policy: "continue"`, pre-orders and
-//! backorders) and variants whose stock Shopify does not track (`inventory_management: null`).
-//! Both come from the `products/create` and `products/update` webhooks (which also say which
-//! inventory item is which variant, so a link need not), or from `POST /admin/inventory` by
-//! variant (`"inventory_policy":"continue"`, for stores other than Shopify), and are applied by
+//! backorders, from the `products/*` webhooks, which also say which inventory item is which
+//! variant, so a link need not), and stock Shopify does not track (`tracked: false`, from the
+//! `inventory_items/*` webhooks; before API 2024-07 also `inventory_management: null` on the
+//! product). Other stores set the policy by variant with `POST /admin/inventory`. Applied by
 //! time and saved like levels.
 //!
 //! The redirect path never touches a map: every link that watches a variant holds that
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Availability not reported yet: treated as in stock.
@@ -43,14 +43,20 @@ pub const UNKNOWN: i64 = i64::MIN;
 #[derive(Debug)]
 pub struct Slot {
     available: AtomicI64,
-    sells_when_out: AtomicBool,
+    /// Why the variant sells when out, if it does: [`CONTINUES`], [`UNTRACKED`].
+    sells: AtomicU8,
 }
+
+/// The variant's policy is to continue selling when out of stock.
+const CONTINUES: u8 = 1;
+/// Shopify does not track the stock of the variant's inventory item.
+const UNTRACKED: u8 = 2;
 
 impl Slot {
     fn new() -> Slot {
         Slot {
             available: AtomicI64::new(UNKNOWN),
-            sells_when_out: AtomicBool::new(false),
+            sells: AtomicU8::new(0),
         }
     }
 
@@ -62,13 +68,21 @@ impl Slot {
     }
 
     /// Out of stock for a rule that counts `threshold` and below as out: never for a variant
-    /// that sells when out, or whose stock nobody reported.
+    /// that sells when out, or whose stock nobody reported. One load for an item in stock.
     pub fn out(&self, threshold: i64) -> bool {
-        !self.sells_when_out.load(Ordering::Relaxed) && self.available().is_some_and(|n| n <= threshold)
+        self.available().is_some_and(|n| n <= threshold) && self.sells.load(Ordering::Relaxed) == 0
     }
 
     pub fn sells_when_out(&self) -> bool {
-        self.sells_when_out.load(Ordering::Relaxed)
+        self.sells.load(Ordering::Relaxed) != 0
+    }
+
+    fn set(&self, reason: u8, on: bool) {
+        if on {
+            self.sells.fetch_or(reason, Ordering::Relaxed);
+        } else {
+            self.sells.fetch_and(!reason, Ordering::Relaxed);
+        }
     }
 }
 
@@ -78,13 +92,14 @@ impl Slot {
 pub enum InventoryPolicy {
     /// Stops selling: counts as out at the rule's threshold (the default).
     Deny,
-    /// Keeps selling (pre-orders, backorders, untracked stock): never counts as out.
+    /// Keeps selling (pre-orders, backorders): never counts as out.
     Continue,
 }
 
+/// A setting and the time it was set at, applied only if newer (or as new).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct PolicyAt {
-    policy: InventoryPolicy,
+struct At<T> {
+    value: T,
     updated_ms: u64,
 }
 
@@ -98,7 +113,8 @@ struct Level {
 /// What happened to one update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Newer than what was known: the variant's total changed to this.
+    /// Newer than what was known: the variant's total is now this ([`UNKNOWN`] if none was
+    /// reported).
     Updated { variant: Option<u64>, total: i64 },
     /// Older than (or as old as) the level already held: ignored.
     Stale,
@@ -112,23 +128,30 @@ pub struct Inventory {
     /// inventory item → variant (Shopify: one to one), from the links file and the products
     /// webhook.
     item_variant: DashMap<u64, u64>,
-    /// variant → its policy, and when that was set.
-    policies: DashMap<u64, PolicyAt>,
+    /// The part of `item_variant` learned from the products webhook: saved, and it wins over
+    /// the links file's (Shopify knows which item is which variant).
+    learned: DashMap<u64, u64>,
+    /// variant → its policy.
+    policies: DashMap<u64, At<InventoryPolicy>>,
+    /// inventory item → whether Shopify tracks its stock.
+    tracked: DashMap<u64, At<bool>>,
     /// Where the state is saved; none: kept in memory only.
     file: Option<PathBuf>,
     /// Changed since the last save.
     dirty: AtomicBool,
 }
 
-/// The saved state: every known total, the levels they are made of, the policies, and which
-/// item is which variant (learned from the products webhook, so it must outlive a restart;
-/// those from the links file are bound again at start).
+/// The saved state: every known total, the levels they are made of, the policies and
+/// tracking, and which item is which variant as learned from the products webhook (the links
+/// file's are bound again at start, and a mapping removed from it must not come back).
 #[derive(Serialize, Deserialize)]
 struct Saved {
     variants: BTreeMap<u64, i64>,
     levels: BTreeMap<u64, Vec<Level>>,
     #[serde(default)]
-    policies: BTreeMap<u64, PolicyAt>,
+    policies: BTreeMap<u64, At<InventoryPolicy>>,
+    #[serde(default)]
+    tracked: BTreeMap<u64, At<bool>>,
     #[serde(default)]
     items: BTreeMap<u64, u64>,
 }
@@ -154,13 +177,16 @@ impl Inventory {
             inv.levels.insert(item, levels);
         }
         for (variant, p) in saved.policies {
-            inv.slot(variant)
-                .sells_when_out
-                .store(p.policy == InventoryPolicy::Continue, Ordering::Relaxed);
+            inv.slot(variant).set(CONTINUES, p.value == InventoryPolicy::Continue);
             inv.policies.insert(variant, p);
         }
+        for (item, t) in saved.tracked {
+            inv.tracked.insert(item, t);
+        }
         for (item, variant) in saved.items {
+            inv.learned.insert(item, variant);
             inv.item_variant.insert(item, variant);
+            inv.bind_item(item, variant);
         }
         Ok(inv)
     }
@@ -179,7 +205,8 @@ impl Inventory {
                 .collect(),
             levels: self.levels.iter().map(|e| (*e.key(), e.value().clone())).collect(),
             policies: self.policies.iter().map(|e| (*e.key(), *e.value())).collect(),
-            items: self.item_variant.iter().map(|e| (*e.key(), *e.value())).collect(),
+            tracked: self.tracked.iter().map(|e| (*e.key(), *e.value())).collect(),
+            items: self.learned.iter().map(|e| (*e.key(), *e.value())).collect(),
         };
         let written = super::journal::write_whole(file, &serde_json::to_vec(&saved).map_err(io::Error::other)?);
         if written.is_err() {
@@ -196,19 +223,40 @@ impl Inventory {
             .clone()
     }
 
+    /// Which variant an item is, from the links file. One learned from the products webhook
+    /// wins.
     pub fn map_item(&self, inventory_item: u64, variant: u64) {
-        if self.item_variant.insert(inventory_item, variant) != Some(variant) {
+        if self.learned.contains_key(&inventory_item) {
+            return;
+        }
+        self.item_variant.insert(inventory_item, variant);
+        self.bind_item(inventory_item, variant);
+    }
+
+    /// Which variant an item is, from Shopify's products webhook: kept across restarts.
+    fn learn_item(&self, inventory_item: u64, variant: u64) {
+        if self.learned.insert(inventory_item, variant) != Some(variant) {
             self.dirty.store(true, Ordering::Relaxed);
         }
+        self.item_variant.insert(inventory_item, variant);
+        self.bind_item(inventory_item, variant);
+    }
+
+    /// What is known of an item reaches its variant's slot.
+    fn bind_item(&self, inventory_item: u64, variant: u64) {
+        let slot = self.slot(variant);
         // Levels that arrived before the mapping count now, for a variant with no total yet.
         // One it has (saved, or set since by variant) stays: the levels may be older.
         if let Some(levels) = self.levels.get(&inventory_item) {
-            let _ = self.slot(variant).available.compare_exchange(
+            let _ = slot.available.compare_exchange(
                 UNKNOWN,
                 levels.iter().map(|l| l.available).sum(),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
+        }
+        if let Some(t) = self.tracked.get(&inventory_item).map(|t| t.value) {
+            slot.set(UNTRACKED, !t);
         }
     }
 
@@ -221,26 +269,38 @@ impl Inventory {
     /// Sets a variant's policy if it is newer than the one held, or as new (the later arrival
     /// wins, as for levels).
     pub fn apply_policy(&self, variant: u64, policy: InventoryPolicy, updated_ms: u64) -> Applied {
-        let mut held = self.policies.entry(variant).or_insert(PolicyAt {
-            policy: InventoryPolicy::Deny,
-            updated_ms: 0,
-        });
-        if held.updated_ms > updated_ms {
+        if !newer(&self.policies, variant, policy, updated_ms, &self.dirty) {
             return Applied::Stale;
         }
-        *held = PolicyAt { policy, updated_ms };
         let slot = self.slot(variant);
-        slot.sells_when_out
-            .store(policy == InventoryPolicy::Continue, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Relaxed);
+        slot.set(CONTINUES, policy == InventoryPolicy::Continue);
         Applied::Updated {
             variant: Some(variant),
             total: slot.available.load(Ordering::Relaxed),
         }
     }
 
+    /// Sets whether Shopify tracks an item's stock, if newer than what is held (or as new).
+    pub fn apply_tracked(&self, item: u64, tracked: bool, updated_ms: u64) -> Applied {
+        if !newer(&self.tracked, item, tracked, updated_ms, &self.dirty) {
+            return Applied::Stale;
+        }
+        let variant = self.item_variant.get(&item).map(|v| *v);
+        let mut total = UNKNOWN;
+        if let Some(v) = variant {
+            let slot = self.slot(v);
+            slot.set(UNTRACKED, !tracked);
+            total = slot.available.load(Ordering::Relaxed);
+        }
+        Applied::Updated { variant, total }
+    }
+
     pub fn policy(&self, variant: u64) -> InventoryPolicy {
-        self.policies.get(&variant).map_or(InventoryPolicy::Deny, |p| p.policy)
+        self.policies.get(&variant).map_or(InventoryPolicy::Deny, |p| p.value)
+    }
+
+    pub fn sells_when_out(&self, variant: u64) -> bool {
+        self.slots.get(&variant).is_some_and(|s| s.sells_when_out())
     }
 
     /// Applies one (item, location) level if it is newer than the one held, or as new and
@@ -274,6 +334,34 @@ impl Inventory {
     pub fn available(&self, variant: u64) -> Option<i64> {
         self.slots.get(&variant).and_then(|s| s.available())
     }
+}
+
+/// Stores `value` for `key` if `updated_ms` is at least the held time; marks the state dirty
+/// only when the value changed (a products webhook comes with every sale).
+fn newer<T: Copy + PartialEq>(
+    map: &DashMap<u64, At<T>>,
+    key: u64,
+    value: T,
+    updated_ms: u64,
+    dirty: &AtomicBool,
+) -> bool {
+    let mut changed = true;
+    match map.entry(key) {
+        dashmap::mapref::entry::Entry::Occupied(mut e) => {
+            if e.get().updated_ms > updated_ms {
+                return false;
+            }
+            changed = e.get().value != value;
+            *e.get_mut() = At { value, updated_ms };
+        }
+        dashmap::mapref::entry::Entry::Vacant(e) => {
+            e.insert(At { value, updated_ms });
+        }
+    }
+    if changed {
+        dirty.store(true, Ordering::Relaxed);
+    }
+    true
 }
 
 /// One update as the admin API and the Shopify webhook send it.
@@ -315,11 +403,13 @@ impl Inventory {
                         "variant {variant}: nothing to set (give `available`, `inventory_policy` or both)"
                     ));
                 }
+                // A policy held with a time ahead of this clock (a webhook's, within the hour
+                // allowed) makes one set now stale: said as such when it is all there was.
+                let policy = inventory_policy.map(|p| self.apply_policy(*variant, p, now_ms()));
                 if let Some(n) = available {
                     self.set_variant(*variant, *n);
-                }
-                if let Some(p) = inventory_policy {
-                    self.apply_policy(*variant, *p, now_ms());
+                } else if policy == Some(Applied::Stale) {
+                    return Ok(Applied::Stale);
                 }
                 Ok(Applied::Updated {
                     variant: Some(*variant),
@@ -370,8 +460,10 @@ fn time_ms(updated_at: Option<&str>, now_ms: u64) -> Result<u64, String> {
     Ok(ms)
 }
 
-/// Shopify's `products/create` and `products/update` payload, the parts stock needs. Any other
-/// product topic (`products/delete` carries only the id) has no variants and changes nothing.
+/// Shopify's `products/create` and `products/update` payload, the parts stock needs
+/// (`include_fields` may trim it to `variants.id`, `variants.inventory_item_id`,
+/// `variants.inventory_policy`, `variants.updated_at` and `updated_at`). `products/delete`
+/// carries only the id: no variants, nothing changes.
 #[derive(Debug, Deserialize)]
 pub struct Product {
     #[serde(default)]
@@ -387,8 +479,9 @@ struct ProductVariant {
     inventory_item_id: Option<u64>,
     #[serde(default)]
     inventory_policy: Option<InventoryPolicy>,
-    /// Absent (a payload trimmed with `include_fields`) says nothing; `null` says Shopify does
-    /// not track this variant's stock, so it always sells.
+    /// API versions before 2024-07 only (later ones moved it to the inventory item's
+    /// `tracked`): `null` says Shopify does not track this variant's stock, so it always sells;
+    /// absent says nothing.
     #[serde(default, deserialize_with = "present")]
     inventory_management: Option<Option<String>>,
     #[serde(default)]
@@ -399,20 +492,34 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-impl ProductVariant {
-    fn policy(&self) -> Option<InventoryPolicy> {
-        match (&self.inventory_management, self.inventory_policy) {
-            (Some(None), _) => Some(InventoryPolicy::Continue),
-            (_, policy) => policy,
-        }
+/// Shopify's `inventory_items/create` and `inventory_items/update` payload, the parts stock
+/// needs: whether Shopify tracks the item's stock (API versions from 2024-07 say it only here).
+#[derive(Debug, Deserialize)]
+pub struct InventoryItem {
+    id: u64,
+    #[serde(default)]
+    tracked: Option<bool>,
+    #[serde(default)]
+    updated_at: Option<String>,
+}
+
+impl Inventory {
+    /// Applies an inventory item's `tracked`, by its `updated_at`.
+    pub fn apply_item(&self, item: &InventoryItem) -> Result<Applied, String> {
+        let ms = time_ms(item.updated_at.as_deref(), now_ms())?;
+        Ok(match item.tracked {
+            Some(tracked) => self.apply_tracked(item.id, tracked, ms),
+            None => Applied::Stale,
+        })
     }
 }
 
 impl Inventory {
     /// Applies a product's variants: which inventory item is which variant, and each variant's
-    /// policy by its `updated_at` (the product's where a variant has none). Every time is
-    /// checked first, so a product is applied whole or not at all. Returns how many policies
-    /// changed and how many were stale.
+    /// policy (and, before API 2024-07, whether its stock is tracked) by its `updated_at` (the
+    /// product's where a variant has none). Every time is checked first, so a product is
+    /// applied whole or not at all. Returns how many policies were applied and how many were
+    /// stale.
     pub fn apply_product(&self, product: &Product) -> Result<(usize, usize), String> {
         let now = now_ms();
         let times = product
@@ -423,9 +530,12 @@ impl Inventory {
         let (mut applied, mut stale) = (0, 0);
         for (v, ms) in product.variants.iter().zip(times) {
             if let Some(item) = v.inventory_item_id {
-                self.map_item(item, v.id);
+                self.learn_item(item, v.id);
+                if let Some(management) = &v.inventory_management {
+                    self.apply_tracked(item, management.is_some(), ms);
+                }
             }
-            match v.policy().map(|p| self.apply_policy(v.id, p, ms)) {
+            match v.inventory_policy.map(|p| self.apply_policy(v.id, p, ms)) {
                 Some(Applied::Updated { .. }) => applied += 1,
                 Some(Applied::Stale) => stale += 1,
                 None => {}
@@ -544,65 +654,81 @@ mod tests {
         let product = |policy: &str, management: &str, at: &str| {
             format!(
                 r#"{{"id":632910392,"title":"Kit","updated_at":"2026-01-01T00:00:00Z","variants":[
-                {{"id":9007199254740993,"product_id":632910392,"inventory_policy":"{policy}","inventory_item_id":271878346596884015,"inventory_management":{management},"inventory_quantity":0,"updated_at":"{at}"}},
+                {{"id":9007199254740993,"product_id":632910392,"inventory_policy":"{policy}","inventory_item_id":271878346596884015{management},"inventory_quantity":0,"updated_at":"{at}"}},
                 {{"id":40000000002,"inventory_policy":"deny","inventory_item_id":341629}},
                 {{"id":40000000003,"inventory_item_id":341630}}]}}"#
             )
         };
         let apply = |json: &str| inv.apply_product(&serde_json::from_str::<Product>(json).unwrap());
-        assert_eq!(
-            apply(&product("continue", r#""shopify""#, "2026-01-02T00:00:00Z")),
-            Ok((2, 0))
-        );
-        assert_eq!(
-            inv.available(9_007_199_254_740_993),
-            Some(0),
-            "the item's level reached it"
-        );
-        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Continue);
-        assert!(!inv.slot(9_007_199_254_740_993).out(0));
+        let v1 = 9_007_199_254_740_993;
+        assert_eq!(apply(&product("continue", "", "2026-01-02T00:00:00Z")), Ok((2, 0)));
+        assert_eq!(inv.available(v1), Some(0), "the item's level reached it");
+        assert_eq!(inv.policy(v1), InventoryPolicy::Continue);
+        assert!(!inv.slot(v1).out(0));
         assert_eq!(inv.policy(40_000_000_002), InventoryPolicy::Deny);
         // A variant without a policy (a trimmed payload) keeps the one it has.
         assert!(!inv.policies.contains_key(&40_000_000_003));
         assert_eq!(inv.item_variant.get(&341_630).map(|v| *v), Some(40_000_000_003));
         // Older than the policy held.
-        assert_eq!(
-            apply(&product("deny", r#""shopify""#, "2026-01-01T12:00:00Z")),
-            Ok((1, 1))
-        );
-        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Continue);
-        // Stock Shopify does not track always sells, whatever the policy says.
-        assert_eq!(apply(&product("deny", "null", "2026-01-03T00:00:00Z")), Ok((2, 0)));
-        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Continue);
-        assert_eq!(
-            apply(&product("deny", r#""shopify""#, "2026-01-04T00:00:00Z")),
-            Ok((2, 0))
-        );
-        assert!(inv.slot(9_007_199_254_740_993).out(0));
+        assert_eq!(apply(&product("deny", "", "2026-01-01T12:00:00Z")), Ok((1, 1)));
+        assert_eq!(inv.policy(v1), InventoryPolicy::Continue);
+        assert_eq!(apply(&product("deny", "", "2026-01-03T00:00:00Z")), Ok((2, 0)));
+        assert!(inv.slot(v1).out(0));
+        // Before API 2024-07: `inventory_management: null` is stock Shopify does not track,
+        // which always sells, whatever the policy.
+        let untracked = r#","inventory_management":null"#;
+        assert_eq!(apply(&product("deny", untracked, "2026-01-04T00:00:00Z")), Ok((2, 0)));
+        assert_eq!(inv.policy(v1), InventoryPolicy::Deny);
+        assert!(!inv.slot(v1).out(0) && inv.sells_when_out(v1));
+        let tracked = r#","inventory_management":"shopify""#;
+        assert_eq!(apply(&product("deny", tracked, "2026-01-05T00:00:00Z")), Ok((2, 0)));
+        assert!(inv.slot(v1).out(0));
         // One bad time: nothing applied.
-        let e = apply(&product("continue", r#""shopify""#, "2999-01-01T00:00:00Z")).unwrap_err();
+        let e = apply(&product("continue", "", "2999-01-01T00:00:00Z")).unwrap_err();
         assert!(e.contains("ahead"), "{e}");
-        assert_eq!(inv.policy(9_007_199_254_740_993), InventoryPolicy::Deny);
+        assert_eq!(inv.policy(v1), InventoryPolicy::Deny);
         // `products/delete` has no variants.
         assert_eq!(apply(r#"{"id":632910392}"#), Ok((0, 0)));
-        // Policies and learned items outlive a restart.
-        let dir = crate::scratch_dir("inventory", "policies");
+    }
+
+    #[test]
+    fn an_untracked_item_sells_and_learned_items_win_and_outlive_a_restart() {
+        let dir = crate::scratch_dir("inventory", "items");
         let file = dir.join("inventory.json");
-        let saved = Inventory::open(file.clone()).unwrap();
-        saved
-            .apply_product(
-                &serde_json::from_str::<Product>(&product("continue", r#""shopify""#, "2026-01-02T00:00:00Z")).unwrap(),
+        let inv = Inventory::open(file.clone()).unwrap();
+        let item = |json: &str| {
+            inv.apply_item(&serde_json::from_str::<InventoryItem>(json).unwrap())
+                .unwrap()
+        };
+        // `inventory_items/update` before the product that says which variant it is.
+        let update = |tracked: bool, at: &str| {
+            format!(
+                r#"{{"id":341629,"sku":"KIT-1","tracked":{tracked},"updated_at":"{at}","admin_graphql_api_id":"gid://shopify/InventoryItem/341629"}}"#
             )
-            .unwrap();
-        saved.save().unwrap();
+        };
+        item(&update(false, "2026-01-02T00:00:00Z"));
+        inv.set_variant(40, 0);
+        assert!(inv.slot(40).out(0));
+        // The links file names a wrong item for variant 40; the webhook knows better.
+        inv.map_item(341_629, 41);
+        inv.learn_item(341_629, 40);
+        inv.map_item(341_629, 41);
+        assert_eq!(inv.item_variant.get(&341_629).map(|v| *v), Some(40), "learned wins");
+        assert!(!inv.slot(40).out(0), "untracked: sells");
+        assert_eq!(item(&update(true, "2026-01-01T00:00:00Z")), Applied::Stale);
+        assert!(!inv.slot(40).out(0));
+        inv.map_item(7, 42); // from the links file: not saved
+        inv.save().unwrap();
         let back = Inventory::open(file).unwrap();
-        assert!(!back.slot(9_007_199_254_740_993).out(0));
-        back.apply_level(341_629, 1, 0, 5000);
-        assert_eq!(
-            back.available(40_000_000_002),
-            Some(0),
-            "the learned item still reaches its variant"
+        assert!(!back.slot(40).out(0), "untracked after a restart");
+        assert_eq!(back.item_variant.get(&341_629).map(|v| *v), Some(40));
+        assert!(
+            !back.item_variant.contains_key(&7),
+            "the links file's mappings are bound again, not saved"
         );
+        back.apply_item(&serde_json::from_str(&update(true, "2026-01-03T00:00:00Z")).unwrap())
+            .unwrap();
+        assert!(back.slot(40).out(0), "tracked again");
         let _ = std::fs::remove_dir_all(dir);
     }
 

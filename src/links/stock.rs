@@ -1,5 +1,5 @@
 //! Stock-aware carts. A link with a `stock` rule watches its cart items' availability; the
-//! redirect path reads one atomic per item (bound at install, see `commerce::inventory`). When
+//! redirect path reads one atomic per item in stock (bound at install, see `commerce::inventory`). When
 //! all are in stock the pre-rendered cart is served as usual; otherwise the rule decides —
 //! drop the item, swap in its substitute, or send the follower to the fallback — and that rarer
 //! cart is rendered for the request.
