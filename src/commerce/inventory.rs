@@ -153,7 +153,7 @@ struct Saved {
     #[serde(default)]
     tracked: BTreeMap<u64, At<bool>>,
     #[serde(default)]
-    items: BTreeMap<u64, u64>,
+    learned_items: BTreeMap<u64, u64>,
 }
 
 impl Inventory {
@@ -183,7 +183,7 @@ impl Inventory {
         for (item, t) in saved.tracked {
             inv.tracked.insert(item, t);
         }
-        for (item, variant) in saved.items {
+        for (item, variant) in saved.learned_items {
             inv.learned.insert(item, variant);
             inv.item_variant.insert(item, variant);
             inv.bind_item(item, variant);
@@ -206,7 +206,7 @@ impl Inventory {
             levels: self.levels.iter().map(|e| (*e.key(), e.value().clone())).collect(),
             policies: self.policies.iter().map(|e| (*e.key(), *e.value())).collect(),
             tracked: self.tracked.iter().map(|e| (*e.key(), *e.value())).collect(),
-            items: self.learned.iter().map(|e| (*e.key(), *e.value())).collect(),
+            learned_items: self.learned.iter().map(|e| (*e.key(), *e.value())).collect(),
         };
         let written = super::journal::write_whole(file, &serde_json::to_vec(&saved).map_err(io::Error::other)?);
         if written.is_err() {
@@ -255,8 +255,9 @@ impl Inventory {
                 Ordering::Relaxed,
             );
         }
-        if let Some(t) = self.tracked.get(&inventory_item).map(|t| t.value) {
-            slot.set(UNTRACKED, !t);
+        // Set under the read lock: a newer `tracked` waits for it, and then sets its own.
+        if let Some(t) = self.tracked.get(&inventory_item) {
+            slot.set(UNTRACKED, !t.value);
         }
     }
 
@@ -269,11 +270,12 @@ impl Inventory {
     /// Sets a variant's policy if it is newer than the one held, or as new (the later arrival
     /// wins, as for levels).
     pub fn apply_policy(&self, variant: u64, policy: InventoryPolicy, updated_ms: u64) -> Applied {
-        if !newer(&self.policies, variant, policy, updated_ms, &self.dirty) {
+        // Locks: `policies`, then `slots` (nothing takes them the other way round).
+        let slot = self.slot(variant);
+        let then = || slot.set(CONTINUES, policy == InventoryPolicy::Continue);
+        if !newer(&self.policies, variant, policy, updated_ms, &self.dirty, then) {
             return Applied::Stale;
         }
-        let slot = self.slot(variant);
-        slot.set(CONTINUES, policy == InventoryPolicy::Continue);
         Applied::Updated {
             variant: Some(variant),
             total: slot.available.load(Ordering::Relaxed),
@@ -282,17 +284,24 @@ impl Inventory {
 
     /// Sets whether Shopify tracks an item's stock, if newer than what is held (or as new).
     pub fn apply_tracked(&self, item: u64, tracked: bool, updated_ms: u64) -> Applied {
-        if !newer(&self.tracked, item, tracked, updated_ms, &self.dirty) {
+        // Locks: `tracked`, then `item_variant`, then `slots` (nothing takes them the other
+        // way round; `bind_item` reads `tracked` last).
+        let mut bound = None;
+        let then = || {
+            let variant = self.item_variant.get(&item).map(|v| *v);
+            bound = variant.map(|v| {
+                let slot = self.slot(v);
+                slot.set(UNTRACKED, !tracked);
+                (v, slot.available.load(Ordering::Relaxed))
+            });
+        };
+        if !newer(&self.tracked, item, tracked, updated_ms, &self.dirty, then) {
             return Applied::Stale;
         }
-        let variant = self.item_variant.get(&item).map(|v| *v);
-        let mut total = UNKNOWN;
-        if let Some(v) = variant {
-            let slot = self.slot(v);
-            slot.set(UNTRACKED, !tracked);
-            total = slot.available.load(Ordering::Relaxed);
+        Applied::Updated {
+            variant: bound.map(|(v, _)| v),
+            total: bound.map_or(UNKNOWN, |(_, t)| t),
         }
-        Applied::Updated { variant, total }
     }
 
     pub fn policy(&self, variant: u64) -> InventoryPolicy {
@@ -344,20 +353,26 @@ fn newer<T: Copy + PartialEq>(
     value: T,
     updated_ms: u64,
     dirty: &AtomicBool,
+    then: impl FnOnce(),
 ) -> bool {
-    let mut changed = true;
-    match map.entry(key) {
+    // `then` runs under the entry's lock, so two deliveries for one key reach the slot in
+    // the order they reach the map.
+    let changed = match map.entry(key) {
         dashmap::mapref::entry::Entry::Occupied(mut e) => {
             if e.get().updated_ms > updated_ms {
                 return false;
             }
-            changed = e.get().value != value;
+            let changed = e.get().value != value;
             *e.get_mut() = At { value, updated_ms };
+            then();
+            changed
         }
         dashmap::mapref::entry::Entry::Vacant(e) => {
-            e.insert(At { value, updated_ms });
+            let _held = e.insert(At { value, updated_ms });
+            then();
+            true
         }
-    }
+    };
     if changed {
         dirty.store(true, Ordering::Relaxed);
     }
@@ -689,6 +704,79 @@ mod tests {
         assert_eq!(inv.policy(v1), InventoryPolicy::Deny);
         // `products/delete` has no variants.
         assert_eq!(apply(r#"{"id":632910392}"#), Ok((0, 0)));
+    }
+
+    #[test]
+    fn a_policy_set_by_hand_behind_a_webhooks_clock_is_stale_and_a_repeat_saves_nothing() {
+        let dir = crate::scratch_dir("inventory", "stale-policy");
+        let file = dir.join("inventory.json");
+        let inv = Inventory::open(file.clone()).unwrap();
+        // A webhook's time may run up to an hour ahead of this clock.
+        inv.apply_policy(40, InventoryPolicy::Continue, now_ms() + 30 * 60 * 1000);
+        let by_hand = |json: &str| inv.apply(&serde_json::from_str::<Update>(json).unwrap()).unwrap();
+        assert_eq!(by_hand(r#"{"variant":40,"inventory_policy":"deny"}"#), Applied::Stale);
+        assert_eq!(inv.policy(40), InventoryPolicy::Continue);
+        assert!(matches!(
+            by_hand(r#"{"variant":40,"available":3,"inventory_policy":"deny"}"#),
+            Applied::Updated { total: 3, .. }
+        ));
+        inv.save().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        // The same policy again, later (a products/update comes with every sale): nothing to save.
+        inv.apply_policy(40, InventoryPolicy::Continue, now_ms() + 40 * 60 * 1000);
+        inv.save().unwrap();
+        assert!(!file.exists(), "an unchanged policy is not written again");
+        inv.apply_policy(40, InventoryPolicy::Deny, now_ms() + 41 * 60 * 1000);
+        inv.save().unwrap();
+        assert!(file.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concurrent_deliveries_leave_the_slot_as_the_map_says() {
+        // Rounds of two deliveries racing, one newer than the other; after each, the slot
+        // must say what the map holds (a slot set after the lock is let go can end on the
+        // older delivery's value).
+        let inv = Inventory::default();
+        inv.map_item(7, 40);
+        let go = std::sync::Barrier::new(3);
+        let rounds = 20_000u64;
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let (inv, go) = (&inv, &go);
+                s.spawn(move || {
+                    for r in 0..rounds {
+                        go.wait();
+                        let (ms, on) = (r * 2 + t, (r + t) % 2 == 0);
+                        let policy = if on {
+                            InventoryPolicy::Continue
+                        } else {
+                            InventoryPolicy::Deny
+                        };
+                        inv.apply_policy(40, policy, ms);
+                        inv.apply_tracked(7, on, ms);
+                        go.wait();
+                    }
+                });
+            }
+            // Checked after the threads end: a panic here would leave them at the barrier.
+            let mut wrong = Vec::new();
+            for r in 0..rounds {
+                go.wait();
+                go.wait();
+                let untracked = inv.tracked.get(&7).is_some_and(|t| !t.value);
+                let continues = inv.policy(40) == InventoryPolicy::Continue;
+                let sells = inv.slot(40).sells.load(Ordering::Relaxed);
+                if (sells & CONTINUES != 0, sells & UNTRACKED != 0) != (continues, untracked) {
+                    wrong.push(r);
+                }
+            }
+            assert!(
+                wrong.is_empty(),
+                "{} of {rounds} rounds ended with the slot unlike the map",
+                wrong.len()
+            );
+        });
     }
 
     #[test]
