@@ -394,6 +394,11 @@ fn a_variant_that_keeps_selling_when_out_stays_in_the_cart() {
         deliver_webhook(&s, products, "orders/paid", "p-5", br#"{"id":1}"#, "new-secret"),
         400
     );
+    let misrouted = level(0, "2026-11-27T11:00:00Z");
+    assert_eq!(
+        deliver_webhook(&s, inv, "orders/paid", "p-5b", misrouted.as_bytes(), "new-secret"),
+        400
+    );
     // Stock Shopify stops tracking (API 2024-07 and later say so on the inventory item) sells
     // whatever the policy; tracked again, the policy decides.
     let item = |tracked: bool, at: &str| {

@@ -112,10 +112,13 @@ async fn apply(
         Route::Inventory if topic.starts_with("inventory_items/") => serde_json::from_slice::<InventoryItem>(&body)
             .map_err(|e| e.to_string())
             .and_then(|i| app.inventory.apply_item(&i).map(|_| OrderRecords::default())),
+        // A subscription of another topic pointed here by mistake is refused, not dropped.
+        Route::Inventory if !topic.starts_with("inventory_levels/") => {
+            Err(format!("topic `{topic}` is not an inventory topic"))
+        }
         Route::Inventory => serde_json::from_slice::<Update>(&body)
             .map_err(|e| e.to_string())
             .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default())),
-        // A subscription of another topic pointed here by mistake is refused, not dropped.
         Route::Products if !topic.starts_with("products/") => Err(format!("topic `{topic}` is not a products topic")),
         Route::Products => serde_json::from_slice::<Product>(&body)
             .map_err(|e| e.to_string())
