@@ -50,4 +50,6 @@ rc=0
 taskset -c 1 $PRIO $PY loadtest/h2_reset/h2_reset.py --addr "$ADDR" --path "$PATH_" \
   --attackers "${ATTACKERS:-10}" --duration "${DURATION:-15}" --rate "${RATE:-1000}" --conns "${CONNS:-8}" || rc=$?
 kill -0 $PID && echo "server alive after the attack"
+source loadtest/rss.sh
+rss_check $PID || { echo "FAIL: the server's peak RSS passed the cap"; rc=1; }
 exit $rc

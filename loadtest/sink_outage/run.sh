@@ -6,7 +6,8 @@
 #   DURATION=60 OUTAGE_AT=10 OUTAGE_FOR=30 loadtest/sink_outage/run.sh
 #
 # Prints: redirects served, records delivered, unique click ids, missing (must be 0), duplicates.
-# Exits non-zero if anything is missing. Needs wrk and python3; builds the release binary.
+# Exits non-zero if anything is missing, or if the server's peak RSS passed RSS_CAP_MB
+# (default 256, loadtest/rss.sh). Needs wrk and python3; builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-25}
@@ -80,6 +81,8 @@ DRAIN_END=$(date +%s.%N)
 echo "backlog drained $(echo "$DRAIN_END - $DRAIN_START" | bc) s after the load stopped"
 echo "metrics: accepted=$(metric cartlink_clicks_accepted_total) delivered=$(metric cartlink_clicks_delivered_total) dropped=$(metric cartlink_clicks_dropped_total) buffered=$(metric cartlink_clicks_buffered) spilled=$(metric cartlink_clicks_spilled_total) replayed=$(metric cartlink_clicks_replayed_total)"
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^cartlink_clicks_dropped_total\{' | grep -v ' 0$' | sed 's/^/  /' || true
+source loadtest/rss.sh
+RSS_OK=1; rss_check "$SERVER" || RSS_OK=0
 kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=""
 grep -E "Requests/sec|Latency|Non-2xx|Socket errors" "$WORK/wrk.txt" || true
 
@@ -110,3 +113,4 @@ PY
 then rm -rf "$WORK"   # several GB after a long run; kept when the run fails, for inspection
 else echo "kept $WORK for inspection"; exit 1
 fi
+[ "$RSS_OK" = 1 ] || { echo "FAIL: the server's peak RSS passed the cap"; exit 1; }

@@ -45,3 +45,5 @@ ADDR=$(grep -o 'public=[^ ]*' "$WORK/out" | cut -d= -f2)
 taskset -c 1 $PRIO python3 loadtest/slowloris/slowloris.py --addr "$ADDR" --path "$PATH_" \
   --slow "${SLOW:-1000}" --noread "${NOREAD:-50}" --duration "${DURATION:-20}" --rate "${RATE:-1000}" \
   --conns "${CONNS:-8}" --header-timeout 5 --write-timeout 5
+source loadtest/rss.sh
+rss_check $PID || { echo "FAIL: the server's peak RSS passed the cap"; exit 1; }

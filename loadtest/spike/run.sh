@@ -4,7 +4,8 @@
 # DELAY_MS late. The server is pinned to core 0 (one worker), oha (open loop, latency
 # corrected) to the last core.
 # VERDICT: no errors and every answer a redirect in both phases; spike p99 <= P99_MS (default
-# 10); once the sink has caught up, every redirect's record delivered (none dropped).
+# 10); once the sink has caught up, every redirect's record delivered (none dropped); the
+# server's peak RSS <= RSS_CAP_MB (default 256, loadtest/rss.sh).
 #
 #   loadtest/spike/run.sh                     # 1,000/s then 10,000/s for 60 s, sink 300 ms slow
 #   BASE=2000 SPIKE=30 DELAY_MS=1000 loadtest/spike/run.sh
@@ -59,13 +60,17 @@ done
 caught_up=$(( $(date +%s) - t0 ))
 accepted=$(metric cartlink_clicks_accepted_total); delivered=$(metric cartlink_clicks_delivered_total)
 dropped=$(metric cartlink_clicks_dropped_total); spilled=$(metric cartlink_clicks_spilled_total)
+source loadtest/rss.sh
+RSS_LINE=$(rss_check $PID) || FAIL_RSS=1
 kill -TERM $PID; wait $PID || true
 lines=$(wc -l < "$WORK/delivered.jsonl")
 printf '%-16s %9s %8s %8s %8s %8s\n' phase answers errors p50_ms p99_ms p999_ms
 printf '%-16s %9s %8s %8s %8s %8s\n' "base $BASE/s" "$bn" "$berr" "$bp50" "$bp99" "$bp999"
 printf '%-16s %9s %8s %8s %8s %8s\n' "spike $((BASE * 10))/s" "$sn" "$serr" "$sp50" "$sp99" "$sp999"
 echo "sink ${DELAY_MS} ms per batch: accepted $accepted, spilled $spilled, dropped $dropped, delivered $delivered (collector holds $lines lines), caught up ${caught_up} s after the spike"
+echo "$RSS_LINE"
 FAIL=()
+[ -z "${FAIL_RSS:-}" ] || FAIL+=("$RSS_LINE")
 [ "$berr" = 0 ] && [ "$serr" = 0 ] || FAIL+=("errors: base $berr, spike $serr")
 [ "$b302" = "$bn" ] && [ "$s302" = "$sn" ] || FAIL+=("non-redirects")
 python3 -c "import sys; sys.exit(0 if $sp99 <= $P99_MS else 1)" || FAIL+=("spike p99 $sp99 ms > $P99_MS ms")
