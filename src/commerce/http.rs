@@ -1,5 +1,6 @@
 //! `POST /webhooks/shopify/orders`, `/webhooks/shopify/inventory` and
-//! `/webhooks/shopify/products` on the public listener (reached through `redirect::other`, which limits the body to `http.max_body_bytes`).
+//! `/webhooks/shopify/products` on the public listener (reached through `redirect::other`,
+//! which limits the body to `http.max_body_bytes`).
 //! Answered as soon as the records are kept (well inside Shopify's 5 s), never after the payout
 //! system answers:
 //!
@@ -109,20 +110,16 @@ async fn apply(
 ) -> Response<Body> {
     let (m, hooks, topic) = (&app.metrics.webhooks, &app.webhooks, topic.as_str());
     let result = match route {
-        Route::Inventory if topic.starts_with("inventory_items/") => serde_json::from_slice::<InventoryItem>(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|i| app.inventory.apply_item(&i).map(|_| OrderRecords::default())),
+        Route::Inventory if topic.starts_with("inventory_items/") => {
+            stock(&body, |i: &InventoryItem| app.inventory.apply_item(i))
+        }
         // A subscription of another topic pointed here by mistake is refused, not dropped.
         Route::Inventory if !topic.starts_with("inventory_levels/") => {
             Err(format!("topic `{topic}` is not an inventory topic"))
         }
-        Route::Inventory => serde_json::from_slice::<Update>(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|u| app.inventory.apply(&u).map(|_| OrderRecords::default())),
+        Route::Inventory => stock(&body, |u: &Update| app.inventory.apply(u)),
         Route::Products if !topic.starts_with("products/") => Err(format!("topic `{topic}` is not a products topic")),
-        Route::Products => serde_json::from_slice::<Product>(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|p| app.inventory.apply_product(&p).map(|_| OrderRecords::default())),
+        Route::Products => stock(&body, |p: &Product| app.inventory.apply_product(p)),
         Route::Orders => {
             // Orders deliveries one at a time, from reading the commission ledger to writing
             // it (held by the claim, so a failed delivery is forgotten before the next one
@@ -151,6 +148,15 @@ async fn apply(
             answer(StatusCode::BAD_REQUEST, "bad payload\n")
         }
     }
+}
+
+/// A stock delivery, parsed as `T` and applied whole, or why not. It makes no records.
+fn stock<T: serde::de::DeserializeOwned, R>(
+    body: &[u8],
+    apply: impl FnOnce(&T) -> Result<R, String>,
+) -> Result<OrderRecords, String> {
+    let update = serde_json::from_slice::<T>(body).map_err(|e| e.to_string())?;
+    apply(&update).map(|_| OrderRecords::default())
 }
 
 /// An orders delivery's records and ledger changes. The snapshot is not held past this (the

@@ -270,7 +270,7 @@ impl Inventory {
     /// Sets a variant's policy if it is newer than the one held, or as new (the later arrival
     /// wins, as for levels).
     pub fn apply_policy(&self, variant: u64, policy: InventoryPolicy, updated_ms: u64) -> Applied {
-        // Locks: `policies`, then `slots` (nothing takes them the other way round).
+        // The slot is fetched first: under the `policies` lock only its atomics are touched.
         let slot = self.slot(variant);
         let then = || slot.set(CONTINUES, policy == InventoryPolicy::Continue);
         if !newer(&self.policies, variant, policy, updated_ms, &self.dirty, then) {
